@@ -1,0 +1,1 @@
+"""``hecnn demo``: the README's main job."""

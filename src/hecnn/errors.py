@@ -1,0 +1,44 @@
+"""Every error hecnn raises on bad input derives from :class:`HecnnError`.
+
+Callers (the CLI, the HTTP service) catch ``HecnnError`` and report its message; anything else
+escaping is a bug in hecnn.
+"""
+
+
+class HecnnError(Exception):
+    """Base class of all errors hecnn raises deliberately."""
+
+
+class ParameterError(HecnnError, ValueError):
+    """Invalid or mismatched CKKS parameters (ring degree, moduli, scale)."""
+
+
+class SecurityError(ParameterError):
+    """A parameter set below the 128-bit HE Standard bound without the explicit test-only switch."""
+
+
+class ShapeError(HecnnError, ValueError):
+    """An array, batch or weight matrix has the wrong shape."""
+
+
+class LevelError(HecnnError):
+    """The modulus chain is exhausted, or operands sit at levels that cannot be aligned."""
+
+
+class ScaleError(HecnnError):
+    """Operand scales are incompatible, or a scale would overflow the remaining modulus."""
+
+
+class KeyError_(HecnnError, KeyError):
+    """A required key (relinearization, Galois for a rotation step) is missing."""
+
+    def __str__(self) -> str:  # KeyError quotes its message; we want it plain
+        return str(self.args[0]) if self.args else ""
+
+
+class SerializationError(HecnnError, ValueError):
+    """Truncated, corrupted, foreign or wrongly-typed serialized data."""
+
+
+class UnsupportedLayerError(HecnnError):
+    """The compiler met an operation it cannot evaluate homomorphically."""
