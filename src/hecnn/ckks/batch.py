@@ -1,0 +1,288 @@
+"""``CiphertextBatch``: many CKKS ciphertexts as one integer array.
+
+``data`` has shape (ciphertexts, components, limbs, N): residues in NTT form of the components
+(c0, c1[, c2]) of each ciphertext modulo q_0..q_ℓ, where ℓ = ``level``. All ciphertexts of a batch
+share level and scale, so every homomorphic operation is a handful of vectorized array operations
+over the whole batch. Decryption: m = c0 + c1·s (+ c2·s²) mod Q_ℓ, value = m/scale.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from hecnn.ckks.context import CkksContext
+from hecnn.ckks.keys import EvaluationKeys, SwitchingKey
+from hecnn.ckks.keyswitch import key_switch
+from hecnn.errors import LevelError, ParameterError, ScaleError, ShapeError
+
+#: Relative scale mismatch tolerated when adding (scales differ by rescale rounding only).
+SCALE_RTOL = 1e-9
+
+
+@dataclass(eq=False)
+class CiphertextBatch:
+    """A batch of ciphertexts sharing level and scale. Values are immutable by convention."""
+
+    ctx: CkksContext
+    data: np.ndarray
+    scale: float
+
+    def __post_init__(self) -> None:
+        d = self.data
+        if not isinstance(d, np.ndarray) or d.dtype != np.int64 or d.ndim != 4:
+            raise ShapeError("ciphertext data must be an int64 array (cts, comps, limbs, N)")
+        if d.shape[1] not in (2, 3):
+            raise ShapeError(f"a ciphertext has 2 or 3 components, got {d.shape[1]}")
+        if d.shape[3] != self.ctx.n:
+            raise ShapeError(f"ring degree {d.shape[3]} does not match N={self.ctx.n}")
+        if not 1 <= d.shape[2] <= self.ctx.num_data:
+            raise ShapeError(f"{d.shape[2]} limbs outside [1, {self.ctx.num_data}]")
+        if not (self.scale > 0 and math.isfinite(self.scale)):
+            raise ScaleError(f"invalid scale {self.scale}")
+
+    # -- metadata -----------------------------------------------------------------------------
+    @property
+    def level(self) -> int:
+        return self.data.shape[2] - 1
+
+    @property
+    def components(self) -> int:
+        return self.data.shape[1]
+
+    @property
+    def params(self):
+        return self.ctx.params
+
+    def __len__(self) -> int:
+        return self.data.shape[0]
+
+    def __repr__(self) -> str:
+        return (
+            f"CiphertextBatch({len(self)} cts, {self.components} comps, level {self.level}, "
+            f"scale 2^{math.log2(self.scale):.2f})"
+        )
+
+    @property
+    def idx(self) -> np.ndarray:
+        return self.ctx.data_idx(self.level)
+
+    def _like(self, data: np.ndarray, scale: float | None = None) -> CiphertextBatch:
+        return CiphertextBatch(self.ctx, data, self.scale if scale is None else scale)
+
+    # -- slicing and stacking -----------------------------------------------------------------
+    def __getitem__(self, item) -> CiphertextBatch:
+        if isinstance(item, (int, np.integer)):
+            item = slice(item, item + 1 if item != -1 else None)
+        return self._like(np.ascontiguousarray(self.data[item]))
+
+    @staticmethod
+    def stack(batches: Sequence[CiphertextBatch]) -> CiphertextBatch:
+        if not batches:
+            raise ShapeError("cannot stack an empty list of batches")
+        first = batches[0]
+        lvl = min(b.level for b in batches)
+        comps = max(b.components for b in batches)
+        parts = []
+        for b in batches:
+            b._check_compatible(first, same_scale=True)
+            b = b.drop_to(lvl)
+            d = b.data
+            if d.shape[1] < comps:
+                d = np.concatenate([d, np.zeros_like(d[:, :1])], axis=1)
+            parts.append(d)
+        return first._like(np.ascontiguousarray(np.concatenate(parts)), first.scale)
+
+    # -- checks -------------------------------------------------------------------------------
+    def _check_compatible(self, other: CiphertextBatch, *, same_scale: bool) -> None:
+        if not isinstance(other, CiphertextBatch):
+            raise ParameterError(f"expected a CiphertextBatch, got {type(other).__name__}")
+        if other.params.fingerprint != self.params.fingerprint:
+            raise ParameterError("ciphertexts belong to different parameter sets")
+        if same_scale and not math.isclose(self.scale, other.scale, rel_tol=SCALE_RTOL):
+            raise ScaleError(
+                f"scales differ: 2^{math.log2(self.scale):.4f} vs 2^{math.log2(other.scale):.4f}; "
+                "rescale or multiply by a constant to align them"
+            )
+
+    def _aligned(self, other: CiphertextBatch) -> tuple[CiphertextBatch, CiphertextBatch]:
+        """Bring two batches to a common level (drop the higher) and component count."""
+        self._check_compatible(other, same_scale=True)
+        if len(other) not in (1, len(self)) and len(self) != 1:
+            raise ShapeError(f"batch sizes {len(self)} and {len(other)} do not broadcast")
+        lvl = min(self.level, other.level)
+        a, b = self.drop_to(lvl), other.drop_to(lvl)
+        comps = max(a.components, b.components)
+        if a.components < comps:
+            a = a._like(np.concatenate([a.data, np.zeros_like(a.data[:, :1])], axis=1))
+        if b.components < comps:
+            b = b._like(np.concatenate([b.data, np.zeros_like(b.data[:, :1])], axis=1))
+        return a, b
+
+    # -- additive operations ------------------------------------------------------------------
+    def __add__(self, other: CiphertextBatch) -> CiphertextBatch:
+        a, b = self._aligned(other)
+        x, y = np.broadcast_arrays(a.data, b.data)
+        return a._like(self.ctx.add(np.ascontiguousarray(x), np.ascontiguousarray(y), a.idx))
+
+    def __sub__(self, other: CiphertextBatch) -> CiphertextBatch:
+        a, b = self._aligned(other)
+        x, y = np.broadcast_arrays(a.data, b.data)
+        return a._like(self.ctx.sub(np.ascontiguousarray(x), np.ascontiguousarray(y), a.idx))
+
+    def __neg__(self) -> CiphertextBatch:
+        return self._like(self.ctx.neg(self.data, self.idx))
+
+    def add_const(self, values: float | np.ndarray) -> CiphertextBatch:
+        """Add a real constant (one per ciphertext, or one for all) to every slot.
+
+        The constant polynomial c·Δ has the same value c·Δ at every NTT evaluation point, so it is
+        added to c0 limb-wise with no transform.
+        """
+        v = np.broadcast_to(np.asarray(values, dtype=np.float64), (len(self),))
+        enc = np.round(v * self.scale)
+        res = self.ctx.reduce_int(enc[:, None], self.idx)[:, :, 0]  # (B, limbs)
+        out = self.data.copy()
+        out[:, 0] = self.ctx.add_row_scalars(np.ascontiguousarray(out[:, 0]), res, self.idx)
+        return self._like(out)
+
+    def add_plain(self, plain: np.ndarray) -> CiphertextBatch:
+        """Add per-slot plaintext vectors: ``plain`` (B or 1, ≤ slots) real values."""
+        from hecnn.ckks.encryption import encode
+
+        p = np.atleast_2d(np.asarray(plain, dtype=np.float64))
+        pt = encode(self.ctx, p, self.scale, self.level)  # (B', limbs, N)
+        out = self.data.copy()
+        c0, pt_b = np.broadcast_arrays(out[:, 0], pt)
+        out[:, 0] = self.ctx.add(np.ascontiguousarray(c0), np.ascontiguousarray(pt_b), self.idx)
+        return self._like(out)
+
+    # -- multiplicative operations ------------------------------------------------------------
+    def mul_scalar(self, values: float | np.ndarray, scale: float | None = None) -> CiphertextBatch:
+        """Multiply ciphertext i by real ``values[i]`` (or one value for all).
+
+        The scalar is encoded as the integer round(v·Δ_w) with Δ_w = ``scale`` (default: the last
+        prime q_ℓ, so that a following :meth:`rescale` restores the current scale exactly).
+        """
+        sw = float(self.ctx.primes[self.level]) if scale is None else float(scale)
+        v = np.broadcast_to(np.asarray(values, dtype=np.float64), (len(self),))
+        enc = np.round(v * sw)
+        res = self.ctx.reduce_int(enc[:, None], self.idx)[:, :, 0]  # (B, limbs)
+        per_row = np.broadcast_to(res[:, None, :], self.data.shape[:3])
+        return self._like(self.ctx.mul_row_scalars(self.data, per_row, self.idx), self.scale * sw)
+
+    def mul_plain(self, plain: np.ndarray, scale: float | None = None) -> CiphertextBatch:
+        """Multiply slot-wise by plaintext vectors ``plain`` (B or 1, ≤ slots), encoded at Δ_w."""
+        from hecnn.ckks.encryption import encode
+
+        sw = float(self.ctx.primes[self.level]) if scale is None else float(scale)
+        p = np.atleast_2d(np.asarray(plain, dtype=np.float64))
+        pt = encode(self.ctx, p, sw, self.level)[:, None]  # (B', 1, limbs, N)
+        x, y = np.broadcast_arrays(self.data, pt)
+        out = self.ctx.mul(np.ascontiguousarray(x), np.ascontiguousarray(y), self.idx)
+        return self._like(out, self.scale * sw)
+
+    def mul(self, other: CiphertextBatch) -> CiphertextBatch:
+        """Tensor product (c0,c1)⊗(d0,d1) → (c0d0, c0d1+c1d0, c1d1): three components."""
+        if self.components != 2 or other.components != 2:
+            raise ParameterError("relinearize before multiplying ciphertexts with 3 components")
+        if not isinstance(other, CiphertextBatch):
+            raise ParameterError(f"expected a CiphertextBatch, got {type(other).__name__}")
+        if other.params.fingerprint != self.params.fingerprint:
+            raise ParameterError("ciphertexts belong to different parameter sets")
+        lvl = min(self.level, other.level)
+        a, b = self.drop_to(lvl), other.drop_to(lvl)
+        x, y = np.broadcast_arrays(a.data, b.data)
+        x, y = np.ascontiguousarray(x), np.ascontiguousarray(y)
+        idx = a.idx
+        ctx = self.ctx
+        out = np.empty((x.shape[0], 3, *x.shape[2:]), dtype=np.int64)
+        out[:, 0] = ctx.mul(np.ascontiguousarray(x[:, 0]), np.ascontiguousarray(y[:, 0]), idx)
+        out[:, 2] = ctx.mul(np.ascontiguousarray(x[:, 1]), np.ascontiguousarray(y[:, 1]), idx)
+        mid = ctx.mul(np.ascontiguousarray(x[:, 0]), np.ascontiguousarray(y[:, 1]), idx)
+        ctx.mul_add(np.ascontiguousarray(x[:, 1]), np.ascontiguousarray(y[:, 0]), mid, idx)
+        out[:, 1] = mid
+        return CiphertextBatch(ctx, out, a.scale * b.scale)
+
+    def square(self) -> CiphertextBatch:
+        """(c0, c1)² = (c0², 2·c0·c1, c1²)."""
+        if self.components != 2:
+            raise ParameterError("relinearize before squaring a ciphertext with 3 components")
+        ctx, idx = self.ctx, self.idx
+        c0 = np.ascontiguousarray(self.data[:, 0])
+        c1 = np.ascontiguousarray(self.data[:, 1])
+        out = np.empty((len(self), 3, *c0.shape[1:]), dtype=np.int64)
+        out[:, 0] = ctx.mul(c0, c0, idx)
+        out[:, 2] = ctx.mul(c1, c1, idx)
+        mid = ctx.mul(c0, c1, idx)
+        out[:, 1] = ctx.add(mid, mid, idx)
+        return self._like(out, self.scale * self.scale)
+
+    def relinearize(self, keys: EvaluationKeys | SwitchingKey) -> CiphertextBatch:
+        """(c0, c1, c2) → (c0, c1) + KeySwitch_{s²→s}(c2)."""
+        if self.components == 2:
+            return self
+        rk = keys.relin_key() if isinstance(keys, EvaluationKeys) else keys
+        ctx, idx = self.ctx, self.idx
+        k0, k1 = key_switch(ctx, np.ascontiguousarray(self.data[:, 2]), self.level, rk)
+        out = np.empty((len(self), 2, *self.data.shape[2:]), dtype=np.int64)
+        out[:, 0] = ctx.add(np.ascontiguousarray(self.data[:, 0]), k0, idx)
+        out[:, 1] = ctx.add(np.ascontiguousarray(self.data[:, 1]), k1, idx)
+        return self._like(out)
+
+    def rotate(self, steps: int, keys: EvaluationKeys) -> CiphertextBatch:
+        """Rotate slots left by ``steps``: automorphism X ↦ X^g, g = 5^steps, then key switch."""
+        if self.components != 2:
+            raise ParameterError("relinearize before rotating")
+        from hecnn.ckks.encoder import Encoder
+
+        g = Encoder(self.ctx.n).galois_element(steps)
+        if g == 1:
+            return self
+        gk = keys.galois_key(g, steps)
+        perm = self.ctx.automorphism_perm(g)
+        rot = np.ascontiguousarray(self.data[:, :, :, perm])
+        k0, k1 = key_switch(self.ctx, np.ascontiguousarray(rot[:, 1]), self.level, gk)
+        out = np.empty_like(rot)
+        out[:, 0] = self.ctx.add(np.ascontiguousarray(rot[:, 0]), k0, self.idx)
+        out[:, 1] = k1
+        return self._like(out)
+
+    # -- level management ---------------------------------------------------------------------
+    def rescale(self) -> CiphertextBatch:
+        """Divide by the last prime q_ℓ with rounding: c' = (c − [c]_{q_ℓ})·q_ℓ^{-1} mod q_i."""
+        if self.level <= self.params.min_level:
+            raise LevelError(
+                f"cannot rescale at level {self.level}: the modulus chain is exhausted (the base "
+                f"primes q_0..q_{self.params.min_level} hold the result); use more levels"
+            )
+        ctx = self.ctx
+        lvl = self.level
+        q_last = int(ctx.primes[lvl])
+        last = np.ascontiguousarray(self.data[:, :, lvl : lvl + 1])
+        ctx.intt(last, np.array([lvl]))
+        centered = np.where(last > q_last // 2, last - q_last, last)[:, :, 0]  # (B, C, N)
+        low_idx = ctx.data_idx(lvl - 1)
+        lifted = ctx.reduce_int(centered, low_idx)  # (B, C, ℓ, N)
+        ctx.ntt(lifted, low_idx)
+        diff = ctx.sub(np.ascontiguousarray(self.data[:, :, :lvl]), lifted, low_idx)
+        inv = np.array([pow(q_last, -1, int(ctx.primes[i])) for i in low_idx], dtype=np.int64)
+        out = ctx.mul_row_scalars(diff, np.broadcast_to(inv, diff.shape[:-1]), low_idx)
+        return self._like(out, self.scale / q_last)
+
+    def drop_to(self, level: int) -> CiphertextBatch:
+        """Drop limbs above ``level`` (modulus switching without division; scale unchanged)."""
+        if level == self.level:
+            return self
+        if not 0 <= level <= self.level:
+            raise LevelError(f"cannot move from level {self.level} to level {level}")
+        return self._like(np.ascontiguousarray(self.data[:, :, : level + 1]))
+
+    def linear_combination(self, weights: np.ndarray, **kwargs) -> CiphertextBatch:
+        """W @ batch (see :func:`hecnn.ckks.linear.linear_combination`)."""
+        from hecnn.ckks.linear import linear_combination
+
+        return linear_combination(self, weights, **kwargs)

@@ -1,0 +1,247 @@
+"""``CkksContext``: the precomputed tables (NTT twiddles, RNS constants) for one parameter set.
+
+A context is a value derived from :class:`CkksParameters`; building one costs milliseconds and
+nothing is cached at module level. Residue arrays are int64 with the limb axis second to last:
+``(..., limbs, N)``. Limb i of a level-ℓ object is prime q_i for i ≤ ℓ; in the key-switching basis
+Q_ℓ·P the special primes follow. Each method names which primes the limb axis holds by their
+indices into :attr:`primes` (data primes first, then special primes).
+"""
+
+from __future__ import annotations
+
+from functools import cached_property
+
+import numpy as np
+
+from hecnn.ckks import kernels
+from hecnn.ckks.params import CkksParameters
+from hecnn.ckks.primes import primitive_root_of_unity
+from hecnn.errors import ParameterError
+
+
+def _bit_reverse(n: int) -> np.ndarray:
+    bits = n.bit_length() - 1
+    idx = np.arange(n)
+    rev = np.zeros(n, dtype=np.int64)
+    for b in range(bits):
+        rev |= ((idx >> b) & 1) << (bits - 1 - b)
+    return rev
+
+
+def _shoup(w: np.ndarray, q: int) -> np.ndarray:
+    return ((w.astype(object) << 32) // q).astype(np.uint64)
+
+
+class CkksContext:
+    """Tables and residue-array primitives for one :class:`CkksParameters`."""
+
+    def __init__(self, params: CkksParameters) -> None:
+        if not isinstance(params, CkksParameters):
+            raise ParameterError(f"expected CkksParameters, got {type(params).__name__}")
+        self.params = params
+        n = params.n
+        self.n = n
+        all_primes = list(params.moduli) + list(params.special_moduli)
+        self.primes = np.array(all_primes, dtype=np.uint64)
+        self.num_data = len(params.moduli)
+        self.special_idx = np.arange(self.num_data, len(all_primes), dtype=np.int64)
+        k = len(all_primes)
+        brv = _bit_reverse(n)
+        self.bit_reverse = brv
+        self.psi_rev = np.empty((k, n), dtype=np.uint64)
+        self.psi_inv_rev = np.empty((k, n), dtype=np.uint64)
+        self.psi_rev_shoup = np.empty((k, n), dtype=np.uint64)
+        self.psi_inv_rev_shoup = np.empty((k, n), dtype=np.uint64)
+        self.n_inv = np.empty(k, dtype=np.uint64)
+        self.n_inv_shoup = np.empty(k, dtype=np.uint64)
+        for i, q in enumerate(all_primes):
+            psi = primitive_root_of_unity(2 * n, q)
+            powers = _powers(psi, n, q)
+            inv_powers = _powers(pow(psi, -1, q), n, q)
+            self.psi_rev[i] = powers[brv]
+            self.psi_inv_rev[i] = inv_powers[brv]
+            self.psi_rev_shoup[i] = _shoup(self.psi_rev[i], q)
+            self.psi_inv_rev_shoup[i] = _shoup(self.psi_inv_rev[i], q)
+            self.n_inv[i] = pow(n, -1, q)
+            self.n_inv_shoup[i] = (int(self.n_inv[i]) << 32) // q
+        # uint32 twiddle tables feed the vectorized butterflies (see kernels._ct_butterflies)
+        self.psi_rev32 = self.psi_rev.astype(np.uint32)
+        self.psi_rev_shoup32 = self.psi_rev_shoup.astype(np.uint32)
+        self.psi_inv_rev32 = self.psi_inv_rev.astype(np.uint32)
+        self.psi_inv_rev_shoup32 = self.psi_inv_rev_shoup.astype(np.uint32)
+
+    # -- limb bookkeeping ---------------------------------------------------------------------
+    def data_idx(self, level: int) -> np.ndarray:
+        """Prime indices of a level-ℓ object: q_0..q_ℓ."""
+        if not 0 <= level <= self.params.max_level:
+            raise ParameterError(f"level {level} outside [0, {self.params.max_level}]")
+        return np.arange(level + 1, dtype=np.int64)
+
+    def qp_idx(self, level: int) -> np.ndarray:
+        """Prime indices of the key-switching basis Q_ℓ·P."""
+        return np.concatenate([self.data_idx(level), self.special_idx])
+
+    def moduli_column(self, idx: np.ndarray) -> np.ndarray:
+        """The primes of ``idx`` as an int64 column (limbs, 1) for numpy broadcasting."""
+        return self.primes[idx].astype(np.int64)[:, None]
+
+    # -- transforms ---------------------------------------------------------------------------
+    def _rows(self, a: np.ndarray, idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        if a.dtype != np.int64 or not a.flags.c_contiguous:
+            raise ParameterError("residue arrays must be C-contiguous int64")
+        limbs = a.shape[-2]
+        if limbs != len(idx) or a.shape[-1] != self.n:
+            raise ParameterError(
+                f"residue array shape {a.shape} does not match {len(idx)} limbs × N={self.n}"
+            )
+        rows = a.reshape(-1, self.n)
+        mod_idx = np.tile(np.asarray(idx, dtype=np.int64), rows.shape[0] // limbs)
+        return rows, mod_idx
+
+    def ntt(self, a: np.ndarray, idx: np.ndarray) -> np.ndarray:
+        """In-place forward negacyclic NTT of every limb (coefficient → evaluation form)."""
+        rows, mod_idx = self._rows(a, idx)
+        kernels.ntt_forward(
+            rows.view(np.uint64), mod_idx, self.primes, self.psi_rev32, self.psi_rev_shoup32
+        )
+        return a
+
+    def intt(self, a: np.ndarray, idx: np.ndarray) -> np.ndarray:
+        """In-place inverse NTT (evaluation → coefficient form)."""
+        rows, mod_idx = self._rows(a, idx)
+        kernels.ntt_inverse(
+            rows.view(np.uint64),
+            mod_idx,
+            self.primes,
+            self.psi_inv_rev32,
+            self.psi_inv_rev_shoup32,
+            self.n_inv,
+            self.n_inv_shoup,
+        )
+        return a
+
+    # -- elementwise modular arithmetic (broadcast over leading axes) -------------------------
+    def add(self, a: np.ndarray, b: np.ndarray, idx: np.ndarray, out: np.ndarray | None = None):
+        out = np.empty_like(a) if out is None else out
+        ra, mi = self._rows(a, idx)
+        kernels.add_mod(ra, self._rows(b, idx)[0], self._rows(out, idx)[0], mi, self.primes)
+        return out
+
+    def sub(self, a: np.ndarray, b: np.ndarray, idx: np.ndarray, out: np.ndarray | None = None):
+        out = np.empty_like(a) if out is None else out
+        ra, mi = self._rows(a, idx)
+        kernels.sub_mod(ra, self._rows(b, idx)[0], self._rows(out, idx)[0], mi, self.primes)
+        return out
+
+    def mul(self, a: np.ndarray, b: np.ndarray, idx: np.ndarray, out: np.ndarray | None = None):
+        out = np.empty_like(a) if out is None else out
+        ra, mi = self._rows(a, idx)
+        kernels.mul_mod(ra, self._rows(b, idx)[0], self._rows(out, idx)[0], mi, self.primes)
+        return out
+
+    def mul_add(self, a: np.ndarray, b: np.ndarray, acc: np.ndarray, idx: np.ndarray) -> None:
+        """acc += a·b (mod q), in place."""
+        ra, mi = self._rows(a, idx)
+        kernels.mul_add_mod(ra, self._rows(b, idx)[0], self._rows(acc, idx)[0], mi, self.primes)
+
+    def mul_row_scalars(self, a: np.ndarray, s: np.ndarray, idx: np.ndarray) -> np.ndarray:
+        """a·s mod q where s has shape a.shape[:-1] (one residue per row, already reduced)."""
+        out = np.empty_like(a)
+        ra, mi = self._rows(a, idx)
+        kernels.mul_scalar_mod(
+            ra,
+            np.ascontiguousarray(s, dtype=np.int64).reshape(-1),
+            self._rows(out, idx)[0],
+            mi,
+            self.primes,
+        )
+        return out
+
+    def add_row_scalars(self, a: np.ndarray, s: np.ndarray, idx: np.ndarray) -> np.ndarray:
+        out = np.empty_like(a)
+        ra, mi = self._rows(a, idx)
+        kernels.add_scalar_mod(
+            ra,
+            np.ascontiguousarray(s, dtype=np.int64).reshape(-1),
+            self._rows(out, idx)[0],
+            mi,
+            self.primes,
+        )
+        return out
+
+    def neg(self, a: np.ndarray, idx: np.ndarray) -> np.ndarray:
+        q = self.moduli_column(idx)
+        return np.where(a == 0, 0, q - a)
+
+    def reduce_int(self, values: np.ndarray, idx: np.ndarray) -> np.ndarray:
+        """Residues of signed integers (int64 or exactly-integral float64) in each prime of idx.
+
+        Returns shape values.shape[:-1] + (len(idx), N) — a limb axis is inserted before the last.
+        fmod on floats is exact in IEEE arithmetic, so integers beyond 2^63 are reduced correctly.
+        """
+        q = self.primes[idx].astype(np.float64)[:, None]
+        v = np.asarray(values)
+        if v.dtype == np.int64:
+            r = np.mod(v[..., None, :], q.astype(np.int64))
+        else:
+            r = np.fmod(v[..., None, :].astype(np.float64), q)
+            r = np.where(r < 0, r + q, r).astype(np.int64)
+        return np.ascontiguousarray(r)
+
+    def residues_of(self, value: int, idx: np.ndarray) -> np.ndarray:
+        """[value]_{q_i} for a Python integer (any size), as int64 per limb."""
+        return np.array([int(value) % int(self.primes[i]) for i in idx], dtype=np.int64)
+
+    # -- base conversion ----------------------------------------------------------------------
+    def base_convert(self, x: np.ndarray, src: np.ndarray, dst: np.ndarray) -> np.ndarray:
+        """Fast base conversion of coefficient-form residues (P, len(src), N) → (P, len(dst), N)."""
+        src_q = [int(self.primes[i]) for i in src]
+        big = 1
+        for q in src_q:
+            big *= q
+        qhat_inv = np.array([pow(big // q, -1, q) for q in src_q], dtype=np.int64)
+        qhat_mod = np.array(
+            [[(big // q) % int(self.primes[t]) for t in dst] for q in src_q], dtype=np.int64
+        )
+        npoly = x.shape[0]
+        out = np.empty((npoly, len(dst), self.n), dtype=np.int64)
+        kernels.base_convert(
+            np.ascontiguousarray(x),
+            np.asarray(src, dtype=np.int64),
+            np.asarray(dst, dtype=np.int64),
+            self.primes,
+            qhat_inv,
+            qhat_mod,
+            out,
+        )
+        return out
+
+    @cached_property
+    def galois_cache(self) -> dict[int, np.ndarray]:
+        """Per-instance memo of NTT-domain automorphism permutations."""
+        return {}
+
+    def automorphism_perm(self, g: int) -> np.ndarray:
+        """Permutation π with σ_g(a)[k] = a[π[k]] in NTT (evaluation) form, σ_g: X ↦ X^g.
+
+        Slot k of our NTT holds a(ψ^{e_k}) with e_k = 2·brv(k)+1; σ_g(a)(ψ^e) = a(ψ^{e·g}), so
+        slot k takes the slot whose exponent is e_k·g mod 2N.
+        """
+        if g in self.galois_cache:
+            return self.galois_cache[g]
+        n = self.n
+        e = 2 * self.bit_reverse + 1
+        pos = np.empty(2 * n, dtype=np.int64)
+        pos[e] = np.arange(n)
+        perm = pos[(e * g) % (2 * n)]
+        self.galois_cache[g] = perm
+        return perm
+
+
+def _powers(x: int, n: int, q: int) -> np.ndarray:
+    out = np.empty(n, dtype=np.uint64)
+    v = 1
+    for i in range(n):
+        out[i] = v
+        v = v * x % q
+    return out

@@ -1,0 +1,314 @@
+"""Compiled modular-arithmetic kernels (numba) for residue arrays.
+
+Every array here holds residues modulo word-sized primes q < 2^31 in int64, shaped
+(rows, N) where each row belongs to one prime; ``mod_idx[row]`` says which (an index into the
+per-prime tables). Values are kept fully reduced in [0, q). Products of two residues are below
+2^62, so every operation is exact in 64-bit integers.
+
+Hardware division is slow and does not vectorize, so no kernel divides:
+- by a fixed operand w (NTT twiddles), Shoup's trick: with w' = ⌊w·2^32/q⌋ precomputed,
+  x·w mod q = x·w − ⌊x·w'/2^32⌋·q − {0 or q};
+- by a varying operand, a floating-point Barrett step: k = ⌊fl(a)·fl(b)·fl(1/q)⌋ is the true
+  quotient ⌊ab/q⌋ up to ±1 (the relative error of the float product is ~2^-52 and the quotient is
+  below 2^31), so r = ab − kq (exact in wrapping int64 arithmetic) lies in [−q, 2q) and one
+  correction each way finishes the reduction.
+"""
+
+from __future__ import annotations
+
+import numba as nb
+import numpy as np
+
+_U32 = np.uint64(32)
+
+
+@nb.njit(inline="always")
+def _reduce_once(x, q):
+    """x in [0, 2q) → x mod q, branch-free."""
+    return x - q if x >= q else x
+
+
+@nb.njit(inline="always")
+def _mul_shoup(x, w, wp, q):
+    r = x * w - ((x * wp) >> _U32) * q
+    return r - q if r >= q else r
+
+
+@nb.njit(inline="never", cache=True)
+def _ct_butterflies(a, b, q, w, wp):
+    """(a, b) ← (a + w·b, a − w·b) mod q over two disjoint uint32 runs.
+
+    Separate, non-overlapping runs let LLVM vectorize the 32×32→64-bit products; the same loop
+    written on one array with a runtime offset does not vectorize and is ~15× slower.
+    """
+    q64 = np.uint64(q)
+    for j in range(a.shape[0]):
+        u = a[j]
+        y = np.uint64(b[j])
+        v = np.uint32(y * w - ((y * wp) >> _U32) * q64)
+        v = min(v, np.uint32(v - q))
+        s = np.uint32(u + v)
+        d = np.uint32(u + q - v)
+        a[j] = min(s, np.uint32(s - q))
+        b[j] = min(d, np.uint32(d - q))
+
+
+@nb.njit(inline="never", cache=True)
+def _gs_butterflies(a, b, q, w, wp):
+    """(a, b) ← (a + b, (a − b)·w) mod q over two disjoint uint32 runs."""
+    q64 = np.uint64(q)
+    for j in range(a.shape[0]):
+        u = a[j]
+        y = b[j]
+        s = np.uint32(u + y)
+        a[j] = min(s, np.uint32(s - q))
+        d = np.uint64(np.uint32(u + q - y))
+        v = np.uint32(d * w - ((d * wp) >> _U32) * q64)
+        b[j] = min(v, np.uint32(v - q))
+
+
+@nb.njit(parallel=True, cache=True)
+def ntt_forward(a, mod_idx, primes, psi_rev, psi_rev_shoup):
+    """In-place negacyclic NTT of each row (Cooley–Tukey, bit-reversed output order).
+
+    Row r becomes (A(ψ^{2·brv(k)+1}))_k for the row's prime: evaluations of the polynomial at the
+    odd powers of a primitive 2N-th root ψ, which turns negacyclic convolution into a pointwise
+    product. ``a`` is a uint64 view of the residue array; tables are uint32 (q < 2^31).
+    """
+    rows, n = a.shape
+    for r in nb.prange(rows):
+        p = mod_idx[r]
+        q = np.uint32(primes[p])
+        tw = psi_rev[p]
+        tws = psi_rev_shoup[p]
+        x = np.empty(n, dtype=np.uint32)
+        for j in range(n):
+            x[j] = np.uint32(a[r, j])
+        t = n
+        m = 1
+        while m < n:
+            t >>= 1
+            for i in range(m):
+                j1 = 2 * i * t
+                _ct_butterflies(
+                    x[j1 : j1 + t],
+                    x[j1 + t : j1 + 2 * t],
+                    q,
+                    np.uint64(tw[m + i]),
+                    np.uint64(tws[m + i]),
+                )
+            m <<= 1
+        for j in range(n):
+            a[r, j] = x[j]
+
+
+@nb.njit(parallel=True, cache=True)
+def ntt_inverse(a, mod_idx, primes, psi_inv_rev, psi_inv_rev_shoup, n_inv, n_inv_shoup):
+    """In-place inverse of :func:`ntt_forward` (Gentleman–Sande), including the 1/N factor."""
+    rows, n = a.shape
+    for r in nb.prange(rows):
+        p = mod_idx[r]
+        q = np.uint32(primes[p])
+        tw = psi_inv_rev[p]
+        tws = psi_inv_rev_shoup[p]
+        x = np.empty(n, dtype=np.uint32)
+        for j in range(n):
+            x[j] = np.uint32(a[r, j])
+        t = 1
+        m = n
+        while m > 1:
+            h = m >> 1
+            for i in range(h):
+                j1 = 2 * i * t
+                _gs_butterflies(
+                    x[j1 : j1 + t],
+                    x[j1 + t : j1 + 2 * t],
+                    q,
+                    np.uint64(tw[h + i]),
+                    np.uint64(tws[h + i]),
+                )
+            t <<= 1
+            m = h
+        ni = n_inv[p]
+        nis = n_inv_shoup[p]
+        q64 = np.uint64(q)
+        for j in range(n):
+            a[r, j] = _mul_shoup(np.uint64(x[j]), ni, nis, q64)
+
+
+@nb.njit(inline="always")
+def _mulmod(a, b, q, qinv):
+    """a·b mod q for 0 ≤ a, b < q < 2^31 (int64), qinv = 1.0/q (float Barrett, see module doc)."""
+    k = np.int64(np.float64(a) * np.float64(b) * qinv)
+    r = a * b - k * q
+    r = r + q if r < 0 else r
+    return r - q if r >= q else r
+
+
+@nb.njit(inline="always")
+def _addmod(a, b, q):
+    s = a + b
+    return s - q if s >= q else s
+
+
+@nb.njit(parallel=True, cache=True)
+def mul_mod(a, b, out, mod_idx, primes):
+    """out = a·b mod q row-wise (int64, shape (rows, N))."""
+    rows, n = a.shape
+    for r in nb.prange(rows):
+        q = np.int64(primes[mod_idx[r]])
+        qinv = 1.0 / np.float64(q)
+        for j in range(n):
+            out[r, j] = _mulmod(a[r, j], b[r, j], q, qinv)
+
+
+@nb.njit(parallel=True, cache=True)
+def mul_add_mod(a, b, acc, mod_idx, primes):
+    """acc = acc + a·b mod q row-wise."""
+    rows, n = a.shape
+    for r in nb.prange(rows):
+        q = np.int64(primes[mod_idx[r]])
+        qinv = 1.0 / np.float64(q)
+        for j in range(n):
+            acc[r, j] = _addmod(acc[r, j], _mulmod(a[r, j], b[r, j], q, qinv), q)
+
+
+@nb.njit(parallel=True, cache=True)
+def mul_scalar_mod(a, s, out, mod_idx, primes):
+    """out[r] = a[r]·s[r] mod q (s: one residue per row)."""
+    rows, n = a.shape
+    for r in nb.prange(rows):
+        q = np.int64(primes[mod_idx[r]])
+        qinv = 1.0 / np.float64(q)
+        w = s[r]
+        for j in range(n):
+            out[r, j] = _mulmod(a[r, j], w, q, qinv)
+
+
+@nb.njit(parallel=True, cache=True)
+def add_mod(a, b, out, mod_idx, primes):
+    rows, n = a.shape
+    for r in nb.prange(rows):
+        q = np.int64(primes[mod_idx[r]])
+        for j in range(n):
+            out[r, j] = _addmod(a[r, j], b[r, j], q)
+
+
+@nb.njit(parallel=True, cache=True)
+def sub_mod(a, b, out, mod_idx, primes):
+    rows, n = a.shape
+    for r in nb.prange(rows):
+        q = np.int64(primes[mod_idx[r]])
+        for j in range(n):
+            out[r, j] = _addmod(a[r, j], q - b[r, j], q)
+
+
+@nb.njit(parallel=True, cache=True)
+def add_scalar_mod(a, s, out, mod_idx, primes):
+    """out[r] = a[r] + s[r] mod q (s reduced, one residue per row)."""
+    rows, n = a.shape
+    for r in nb.prange(rows):
+        q = np.int64(primes[mod_idx[r]])
+        c = s[r]
+        for j in range(n):
+            out[r, j] = _addmod(a[r, j], c, q)
+
+
+@nb.njit(parallel=True, cache=True)
+def mul_bcast(a, b, out, mod_idx, primes):
+    """out[p, r] = a[p, r]·b[r] mod q_r: a (P, R, N), b (R, N) shared by every p."""
+    npoly, rows, n = a.shape
+    for idx in nb.prange(npoly * rows):
+        p = idx // rows
+        r = idx % rows
+        q = np.int64(primes[mod_idx[r]])
+        qinv = 1.0 / np.float64(q)
+        for j in range(n):
+            out[p, r, j] = _mulmod(a[p, r, j], b[r, j], q, qinv)
+
+
+@nb.njit(parallel=True, cache=True)
+def mul_add_bcast(a, b, acc, mod_idx, primes):
+    """acc[p, r] += a[p, r]·b[r] mod q_r: a (P, R, N), b (R, N) shared by every p."""
+    npoly, rows, n = a.shape
+    for idx in nb.prange(npoly * rows):
+        p = idx // rows
+        r = idx % rows
+        q = np.int64(primes[mod_idx[r]])
+        qinv = 1.0 / np.float64(q)
+        for j in range(n):
+            acc[p, r, j] = _addmod(acc[p, r, j], _mulmod(a[p, r, j], b[r, j], q, qinv), q)
+
+
+@nb.njit(parallel=True, cache=True)
+def base_convert(x, src_idx, dst_idx, primes, qhat_inv, qhat_mod, out):
+    """Fast RNS base conversion (approximate: adds a small multiple of the source modulus B).
+
+    x: (P, k, N) residues of P polynomials in the k source primes (coefficient form).
+    out[p, t] = Σ_i [x_i · (B/b_i)^{-1}]_{b_i} · [B/b_i]_t mod t   for each target prime t,
+    with qhat_inv[i] = (B/b_i)^{-1} mod b_i and qhat_mod[i, t] = (B/b_i) mod t.
+    """
+    npoly, k, n = x.shape
+    m = dst_idx.shape[0]
+    for p in nb.prange(npoly):
+        y = np.empty((k, n), dtype=np.int64)
+        for i in range(k):
+            qi = np.int64(primes[src_idx[i]])
+            qiinv = 1.0 / np.float64(qi)
+            w = qhat_inv[i]
+            for j in range(n):
+                y[i, j] = _mulmod(x[p, i, j], w, qi, qiinv)
+        for t in range(m):
+            qt = np.int64(primes[dst_idx[t]])
+            qtinv = 1.0 / np.float64(qt)
+            for j in range(n):
+                acc = np.int64(0)
+                for i in range(k):
+                    # y may exceed qt (source prime larger): _mulmod only needs a, b < 2^31
+                    acc = _addmod(acc, _mulmod(y[i, j], qhat_mod[i, t], qt, qtinv), qt)
+                out[p, t, j] = acc
+
+
+@nb.njit(parallel=True, cache=True)
+def gather_centered(x, rows, comp, limb, q, out):
+    """out[i, :] = centered float of x[rows[i], comp, limb, :]; rows < 0 give zero rows.
+
+    x: (K, C, L, N) int64 residues. The centered lift (−q/2, q/2] halves the magnitude entering
+    the fp64 GEMM, which buys one more exact bit per weight digit.
+    """
+    k = rows.shape[0]
+    n = x.shape[3]
+    half = q // 2
+    qf = np.float64(q)
+    for i in nb.prange(k):
+        r = rows[i]
+        if r < 0:
+            for j in range(n):
+                out[i, j] = 0.0
+            continue
+        for j in range(n):
+            v = x[r, comp, limb, j]
+            out[i, j] = np.float64(v) - qf if v > half else np.float64(v)
+
+
+@nb.njit(parallel=True, cache=True)
+def reduce_digit_products(z, digit_mul, q, out, comp, limb, out_rows):
+    """out[out_rows[o], comp, limb, :] = Σ_t z[t, o, :]·digit_mul[t] mod q.
+
+    z[t] are exact fp64 GEMM results of weight digit-plane t (|z| < 2^53); each is reduced with
+    a float Barrett step on the exact integer, then weighted by its digit factor 2^{b·t+s} mod q.
+    """
+    chunks, outs, n = z.shape
+    qinv = 1.0 / np.float64(q)
+    for o in nb.prange(outs):
+        orow = out_rows[o]
+        for j in range(n):
+            acc = np.int64(0)
+            for t in range(chunks):
+                zt = z[t, o, j]
+                k = np.int64(np.floor(zt * qinv))
+                r = np.int64(zt) - k * q
+                r = r + q if r < 0 else r
+                r = r - q if r >= q else r
+                acc = _addmod(acc, _mulmod(r, digit_mul[t], q, qinv), q)
+            out[orow, comp, limb, j] = acc

@@ -1,0 +1,73 @@
+"""Hybrid (GHS) key switching, batched over polynomials.
+
+Given d ∈ R_{Q_ℓ} (NTT form) and a key for s' → s, returns (c0, c1) with c0 + c1·s ≈ d·s'.
+
+1. ModUp: split d into digits [d]_{D_j}; extend each exactly-represented digit to the basis
+   Q_ℓ·P by fast base conversion (the approximation error is a multiple of Q_j, which the key's
+   g_j factor annihilates mod Q_ℓ·P).
+2. Inner product with the key: Σ_j d̃_j · ksk_j over Q_ℓ·P.
+3. ModDown: divide by P with rounding, (x − [x]_P)/P, via a base conversion of the P limbs.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from hecnn.ckks import kernels
+from hecnn.ckks.context import CkksContext
+from hecnn.ckks.keys import SwitchingKey, digits
+from hecnn.errors import ParameterError
+
+
+def key_switch(
+    ctx: CkksContext, d: np.ndarray, level: int, key: SwitchingKey
+) -> tuple[np.ndarray, np.ndarray]:
+    """(P, ℓ+1, N) NTT-form polynomials → (c0, c1), each (P, ℓ+1, N) NTT form."""
+    if key.params != ctx.params:
+        raise ParameterError("switching key belongs to a different parameter set")
+    idx_q = ctx.data_idx(level)
+    idx_qp = ctx.qp_idx(level)
+    nq, nqp = len(idx_q), len(idx_qp)
+    if d.ndim != 3 or d.shape[1] != nq:
+        raise ParameterError(f"key switch input shape {d.shape} does not match level {level}")
+    npoly = d.shape[0]
+    d_coeff = ctx.intt(d.copy(), idx_q)
+    key_limbs = np.concatenate([np.arange(nq), np.arange(ctx.num_data, len(ctx.primes))])
+    acc = np.zeros((2, npoly, nqp, ctx.n), dtype=np.int64)
+    ext = np.empty((npoly, nqp, ctx.n), dtype=np.int64)
+    primes = ctx.primes
+    mod_idx = idx_qp
+    for j, grp in enumerate(digits(ctx.params, level)):
+        others = np.setdiff1d(np.arange(nqp), grp)  # positions in Q_ℓ·P other than the digit
+        conv = ctx.base_convert(np.ascontiguousarray(d_coeff[:, grp]), grp, idx_qp[others])
+        ctx.ntt(conv, idx_qp[others])
+        ext[:, others] = conv
+        ext[:, grp] = d[:, grp]
+        kj = key.data[j][:, key_limbs]
+        for c in range(2):
+            kernels.mul_add_bcast(
+                ext,
+                np.ascontiguousarray(kj[c]),
+                acc[c],
+                mod_idx,
+                primes,
+            )
+    return mod_down(ctx, acc[0], level), mod_down(ctx, acc[1], level)
+
+
+def mod_down(ctx: CkksContext, x: np.ndarray, level: int) -> np.ndarray:
+    """(P, ℓ+1+k, N) over Q_ℓ·P → round(x/P) over Q_ℓ, NTT form in and out."""
+    idx_q = ctx.data_idx(level)
+    nq = len(idx_q)
+    sp = ctx.special_idx
+    x_p = ctx.intt(np.ascontiguousarray(x[:, nq:]), sp)
+    # the fast conversion of [x]_P is off by a multiple u·P (0 ≤ u < k), which the division
+    # turns into an additive error of at most k: negligible beside the scale
+    conv = ctx.base_convert(x_p, sp, idx_q)
+    ctx.ntt(conv, idx_q)
+    p_prod = 1
+    for p in ctx.params.special_moduli:
+        p_prod *= p
+    p_inv = np.array([pow(p_prod, -1, int(ctx.primes[i])) for i in idx_q], dtype=np.int64)
+    diff = ctx.sub(np.ascontiguousarray(x[:, :nq]), conv, idx_q)
+    return ctx.mul_row_scalars(diff, np.broadcast_to(p_inv, diff.shape[:-1]), idx_q)

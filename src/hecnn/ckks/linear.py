@@ -1,0 +1,223 @@
+"""Linear layers on ciphertext batches as exact modular matrix products.
+
+Y = W @ X where X is a batch of K ciphertexts and W an (O × K) real matrix. Each weight is
+encoded as the integer w̃ = round(w·Δ_w) (Δ_w = q_ℓ by default, so the following rescale
+restores the input scale exactly) and Y = W̃ @ X mod q_i on every limb of every component.
+
+Exactness in fp64 BLAS: the residues are lifted to (−q/2, q/2], |x| < 2^30, and W̃ is split into
+signed base-2^b digit planes D_t (|d| ≤ 2^{b−1}) with K·2^{29+b} < 2^53, so every D_t @ X is
+computed exactly by an ordinary fp64 GEMM; the planes are then reduced mod q (exact fmod) and
+recombined with their weights 2^{b·t} mod q. When W̃ needs more than ``max_digits`` planes the
+matrix is stored in block floating point: W̃ = Ŵ·2^s with Ŵ keeping ``max_digits·b − 1``
+significant bits relative to the largest weight (≥ 2^−25 for a 576-input layer) — far below the
+CKKS noise — and the factor 2^s folded into the digit weights.
+
+A convolution is a :class:`BlockSparseWeights`: one dense block per output position holding only
+the kernel taps that touch the image, so no dense im2col matrix is ever built.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from hecnn.ckks import kernels
+from hecnn.ckks.batch import CiphertextBatch
+from hecnn.errors import ParameterError, ShapeError
+
+_CENTERED_BITS = 30  # |x| ≤ (q − 1)/2 < 2^30 for q < 2^31
+
+
+@dataclass(frozen=True)
+class WeightBlock:
+    """Outputs ``out_idx`` receive ``weights`` @ inputs ``in_idx``."""
+
+    out_idx: np.ndarray
+    in_idx: np.ndarray
+    weights: np.ndarray  # (len(out_idx), len(in_idx))
+
+
+@dataclass(frozen=True)
+class BlockSparseWeights:
+    """A sparse (out_features × in_features) matrix stored as dense blocks (e.g. a convolution)."""
+
+    out_features: int
+    in_features: int
+    blocks: tuple[WeightBlock, ...]
+
+    @classmethod
+    def dense(cls, w: np.ndarray) -> BlockSparseWeights:
+        w = np.asarray(w, dtype=np.float64)
+        if w.ndim != 2:
+            raise ShapeError(f"weight matrix must be 2-D, got shape {w.shape}")
+        o, k = w.shape
+        return cls(o, k, (WeightBlock(np.arange(o), np.arange(k), w),))
+
+    @classmethod
+    def conv2d(
+        cls,
+        weight: np.ndarray,
+        in_shape: tuple[int, int, int],
+        *,
+        stride: int | tuple[int, int] = 1,
+        padding: int | tuple[int, int] = 0,
+        groups: int = 1,
+    ) -> BlockSparseWeights:
+        """Conv2d weight (Cout, Cin/groups, kh, kw) on inputs (Cin, H, W), row-major features.
+
+        Output feature (co, y, x) is row co·H'·W' + y·W' + x; input (ci, h, w) is ci·H·W + h·W + w
+        (the flattening order of ``torch.flatten``). Zero padding simply drops the taps that fall
+        outside the image.
+        """
+        w = np.asarray(weight, dtype=np.float64)
+        if w.ndim != 4:
+            raise ShapeError(f"conv weight must be (Cout, Cin, kh, kw), got shape {w.shape}")
+        cin, h, wd = in_shape
+        cout, cin_g, kh, kw = w.shape
+        if cin_g * groups != cin or cout % groups:
+            raise ShapeError(
+                f"conv weight {w.shape} with groups={groups} does not fit input {in_shape}"
+            )
+        sy, sx = (stride, stride) if isinstance(stride, int) else stride
+        py, px = (padding, padding) if isinstance(padding, int) else padding
+        ho = (h + 2 * py - kh) // sy + 1
+        wo = (wd + 2 * px - kw) // sx + 1
+        if ho <= 0 or wo <= 0:
+            raise ShapeError(f"kernel {kh}×{kw} larger than padded input {in_shape}")
+        cout_g = cout // groups
+        blocks = []
+        for g in range(groups):
+            co = np.arange(g * cout_g, (g + 1) * cout_g)
+            ci = np.arange(g * cin_g, (g + 1) * cin_g)
+            wg = w[co].reshape(cout_g, cin_g * kh * kw)  # columns ordered (ci, dy, dx)
+            for y in range(ho):
+                for x in range(wo):
+                    hh = y * sy - py + np.arange(kh)
+                    ww = x * sx - px + np.arange(kw)
+                    vy, vx = (hh >= 0) & (hh < h), (ww >= 0) & (ww < wd)
+                    taps = (vy[:, None] & vx[None, :]).reshape(-1)
+                    in_rows = (
+                        ci[:, None, None] * h * wd + hh[None, :, None] * wd + ww[None, None, :]
+                    )
+                    cols = np.tile(taps, cin_g)
+                    blocks.append(
+                        WeightBlock(
+                            out_idx=co * ho * wo + y * wo + x,
+                            in_idx=in_rows.reshape(-1)[cols],
+                            weights=wg[:, cols],
+                        )
+                    )
+        return cls(cout * ho * wo, cin * h * wd, tuple(blocks))
+
+    def to_dense(self) -> np.ndarray:
+        out = np.zeros((self.out_features, self.in_features))
+        for b in self.blocks:
+            out[np.ix_(b.out_idx, b.in_idx)] += b.weights
+        return out
+
+    @property
+    def nnz(self) -> int:
+        """Ciphertext multiply-accumulates per component and limb (for plan summaries)."""
+        return sum(b.weights.size for b in self.blocks)
+
+
+def digit_bits(k: int) -> int:
+    """Largest digit size b with k·2^{29+b} < 2^53 (exact fp64 accumulation of k products)."""
+    b = math.ceil(53 - (_CENTERED_BITS - 1) - math.log2(max(k, 1))) - 1
+    if b < 2:
+        raise ParameterError(f"a block of {k} inputs is too large for exact fp64 accumulation")
+    return b
+
+
+def weight_exponent(maxabs_scaled: float, b: int, max_digits: int) -> int:
+    """Exponent s such that round(w̃/2^s) fits ``max_digits`` signed base-2^b digits.
+
+    Keeps ``max_digits·b − 2`` significant bits of the largest weight (one bit of headroom for
+    rounding); s = 0 (exact encoding) whenever the integers already fit.
+    """
+    total_bits = max(1, math.ceil(math.log2(maxabs_scaled + 1)))
+    return max(0, total_bits - (max_digits * b - 2))
+
+
+def digit_planes(w_scaled: np.ndarray, b: int, s: int, max_digits: int) -> np.ndarray:
+    """Signed base-2^b digit planes of round(w_scaled/2^s): Σ_t planes[t]·2^{bt} = that integer.
+
+    Every digit lies in [−2^{b−1}, 2^{b−1}], the bound :func:`digit_bits` was chosen for.
+    """
+    wi = np.round(np.asarray(w_scaled, dtype=np.float64) / 2.0**s).astype(np.int64)
+    maxabs = int(np.max(np.abs(wi))) if wi.size else 0
+    digits = max(1, min(max_digits, math.ceil((max(1, maxabs.bit_length()) + 1) / b)))
+    planes = np.empty((digits, *wi.shape), dtype=np.float64)
+    half, full = 1 << (b - 1), 1 << b
+    rest = wi
+    for t in range(digits):
+        d = ((rest + half) & (full - 1)) - half if t < digits - 1 else rest
+        planes[t] = d
+        rest = (rest - d) >> b
+    if np.max(np.abs(planes[-1]), initial=0) > half:
+        raise ParameterError("weight digit overflow: increase max_digits")
+    return planes
+
+
+def linear_combination(
+    batch: CiphertextBatch,
+    weights: np.ndarray | BlockSparseWeights,
+    *,
+    bias: np.ndarray | None = None,
+    weight_scale: float | None = None,
+    max_digits: int = 2,
+) -> CiphertextBatch:
+    """W @ batch mod each prime: (O × K) weights on K ciphertexts → O ciphertexts.
+
+    The result has scale ``batch.scale · Δ_w`` (Δ_w = ``weight_scale`` or the last prime q_ℓ);
+    ``bias`` (O,) is added at that scale. Works for any component count (2 or 3).
+    """
+    if not isinstance(batch, CiphertextBatch):
+        raise ParameterError(f"expected a CiphertextBatch, got {type(batch).__name__}")
+    sw = BlockSparseWeights.dense(weights) if isinstance(weights, np.ndarray) else weights
+    if not isinstance(sw, BlockSparseWeights):
+        raise ParameterError(f"weights must be an array or BlockSparseWeights, got {type(weights)}")
+    if sw.in_features != len(batch):
+        raise ShapeError(f"weights expect {sw.in_features} inputs, the batch has {len(batch)}")
+    for blk in sw.blocks:
+        if not np.all(np.isfinite(blk.weights)):
+            raise ShapeError("weights must be finite")
+    ctx = batch.ctx
+    lvl = batch.level
+    delta_w = float(ctx.primes[lvl]) if weight_scale is None else float(weight_scale)
+    x = batch.data
+    comps, limbs, n = x.shape[1:]
+    out = np.zeros((sw.out_features, comps, limbs, n), dtype=np.int64)
+    maxk = max((len(b.in_idx) for b in sw.blocks), default=1)
+    b = digit_bits(maxk)
+    maxabs = max(
+        (float(np.max(np.abs(blk.weights))) for blk in sw.blocks if blk.weights.size), default=0
+    )
+    s = weight_exponent(maxabs * delta_w, b, max_digits)
+    buf = np.empty((maxk, n), dtype=np.float64)
+    for blk in sw.blocks:
+        k = len(blk.in_idx)
+        if k == 0:
+            continue
+        planes = digit_planes(blk.weights * delta_w, b, s, max_digits)
+        rows = np.ascontiguousarray(blk.in_idx, dtype=np.int64)
+        out_rows = np.ascontiguousarray(blk.out_idx, dtype=np.int64)
+        z = np.empty((planes.shape[0], len(out_rows), n), dtype=np.float64)
+        xb = buf[:k]
+        for li in range(limbs):
+            q = int(ctx.primes[li])
+            mul = np.array([pow(2, b * t + s, q) for t in range(planes.shape[0])], dtype=np.int64)
+            for c in range(comps):
+                kernels.gather_centered(x, rows, c, li, np.int64(q), xb)
+                for t in range(planes.shape[0]):
+                    np.matmul(planes[t], xb, out=z[t])
+                kernels.reduce_digit_products(z, mul, np.int64(q), out, c, li, out_rows)
+    result = CiphertextBatch(ctx, out, batch.scale * delta_w)
+    if bias is not None:
+        bvec = np.asarray(bias, dtype=np.float64)
+        if bvec.shape != (sw.out_features,):
+            raise ShapeError(f"bias must have shape ({sw.out_features},), got {bvec.shape}")
+        result = result.add_const(bvec)
+    return result
