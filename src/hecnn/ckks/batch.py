@@ -43,6 +43,12 @@ class CiphertextBatch:
             raise ShapeError(f"{d.shape[2]} limbs outside [1, {self.ctx.num_data}]")
         if not (self.scale > 0 and math.isfinite(self.scale)):
             raise ScaleError(f"invalid scale {self.scale}")
+        log_q = sum(math.log2(float(q)) for q in self.ctx.primes[: d.shape[2]])
+        if math.log2(self.scale) > log_q - 2:
+            raise ScaleError(
+                f"scale 2^{math.log2(self.scale):.1f} leaves no room in the modulus "
+                f"2^{log_q:.1f} at level {d.shape[2] - 1}: rescale first, or use more levels"
+            )
 
     # -- metadata -----------------------------------------------------------------------------
     @property

@@ -1,0 +1,149 @@
+"""Homomorphic operations on batches: every result is decrypted and compared with numpy."""
+
+import numpy as np
+import pytest
+
+from hecnn.ckks.batch import CiphertextBatch
+from hecnn.ckks.context import CkksContext
+from hecnn.ckks.encoder import Encoder
+from hecnn.ckks.encryption import decrypt, encrypt
+from hecnn.ckks.keys import KeyGenerator
+from hecnn.ckks.params import CkksParameters
+from hecnn.errors import HecnnError, KeyError_, LevelError, ParameterError, ScaleError, ShapeError
+
+TOL = 1e-2  # scale 2^26, N=2^12: fresh noise ~1e-4, after a multiplication ~1e-3
+
+
+def _x(rng, b=3, slots=None, ctx=None):
+    return rng.uniform(-1, 1, (b, slots or ctx.params.slots))
+
+
+def test_encoder_roundtrip(rng):
+    enc = Encoder(64)
+    z = rng.normal(size=(5, 32))
+    assert np.allclose(enc.project(enc.embed(z)).real, z, atol=1e-12)
+    with pytest.raises(ShapeError):
+        enc.embed(np.zeros(33))
+    with pytest.raises(ShapeError):
+        enc.embed(np.array([np.nan]))
+
+
+@pytest.mark.parametrize("which", ["public", "secret"])
+def test_encrypt_decrypt(ctx, keys, rng, which):
+    sk, pk, _ = keys
+    x = _x(rng, ctx=ctx)
+    c = encrypt(ctx, x, pk if which == "public" else sk)
+    assert c.level == ctx.params.max_level and len(c) == 3
+    err = np.abs(decrypt(ctx, c, sk) - x).max()
+    assert err < 2e-3
+    # a wrong key decrypts to garbage
+    other = KeyGenerator(ctx).secret_key()
+    assert np.abs(decrypt(ctx, c, other) - x).max() > 1
+
+
+def test_add_sub_neg_const_plain(ctx, keys, rng):
+    sk, pk, _ = keys
+    x, y = _x(rng, ctx=ctx), _x(rng, ctx=ctx)
+    cx, cy = encrypt(ctx, x, pk), encrypt(ctx, y, pk)
+    assert np.abs(decrypt(ctx, cx + cy, sk) - (x + y)).max() < TOL
+    assert np.abs(decrypt(ctx, cx - cy, sk) - (x - y)).max() < TOL
+    assert np.abs(decrypt(ctx, -cx, sk) + x).max() < TOL
+    consts = np.array([0.5, -2.0, 3.25])
+    assert np.abs(decrypt(ctx, cx.add_const(consts), sk) - (x + consts[:, None])).max() < TOL
+    assert np.abs(decrypt(ctx, cx.add_plain(y), sk) - (x + y)).max() < TOL
+
+
+def test_scalar_and_plain_multiplication(ctx, keys, rng):
+    sk, pk, _ = keys
+    x, y = _x(rng, ctx=ctx), _x(rng, ctx=ctx)
+    c = encrypt(ctx, x, pk)
+    r = c.mul_scalar(-1.75).rescale()
+    assert r.level == c.level - 1 and np.isclose(r.scale, c.scale)
+    assert np.abs(decrypt(ctx, r, sk) - (-1.75 * x)).max() < TOL
+    v = np.array([0.5, 2.0, -3.0])
+    r = c.mul_scalar(v).rescale()
+    assert np.abs(decrypt(ctx, r, sk) - v[:, None] * x).max() < TOL
+    r = c.mul_plain(y).rescale()
+    assert np.abs(decrypt(ctx, r, sk) - x * y).max() < TOL
+
+
+def test_multiply_relinearize_rescale(ctx, keys, rng):
+    sk, pk, evk = keys
+    x, y = _x(rng, ctx=ctx), _x(rng, ctx=ctx)
+    cx, cy = encrypt(ctx, x, pk), encrypt(ctx, y, pk)
+    prod = cx.mul(cy)
+    assert prod.components == 3
+    assert np.abs(decrypt(ctx, prod, sk) - x * y).max() < TOL  # 3-component decryption
+    r = prod.relinearize(evk).rescale()
+    assert r.components == 2
+    assert np.abs(decrypt(ctx, r, sk) - x * y).max() < TOL
+    sq = cx.square().relinearize(evk).rescale()
+    assert np.abs(decrypt(ctx, sq, sk) - x * x).max() < TOL
+    # depth: x^4 then x^8
+    x4 = sq.square().relinearize(evk).rescale()
+    x8 = x4.square().relinearize(evk).rescale()
+    assert np.abs(decrypt(ctx, x8, sk) - x**8).max() < 5 * TOL
+
+
+@pytest.mark.parametrize("steps", [1, 2, 5, -1])
+def test_rotate(ctx, keys, rng, steps):
+    sk, pk, evk = keys
+    x = _x(rng, ctx=ctx)
+    r = encrypt(ctx, x, pk).rotate(steps, evk)
+    assert np.abs(decrypt(ctx, r, sk) - np.roll(x, -steps, axis=1)).max() < TOL
+
+
+def test_rotate_without_key_is_a_clear_error(ctx, keys, rng):
+    sk, pk, evk = keys
+    c = encrypt(ctx, _x(rng, ctx=ctx), pk)
+    with pytest.raises(KeyError_, match="rotation by 3"):
+        c.rotate(3, evk)
+
+
+def test_slicing_stacking_and_levels(ctx, keys, rng):
+    sk, pk, _ = keys
+    x = _x(rng, b=4, ctx=ctx)
+    c = encrypt(ctx, x, pk)
+    assert np.abs(decrypt(ctx, c[1:3], sk) - x[1:3]).max() < TOL
+    low = c[:2].mul_scalar(1.0).rescale()
+    both = CiphertextBatch.stack([low, c[2:]])
+    assert both.level == low.level and len(both) == 4
+    assert np.abs(decrypt(ctx, both, sk) - x).max() < TOL
+    # adding operands at different levels aligns them by dropping limbs
+    s = low + c[:2]
+    assert np.abs(decrypt(ctx, s, sk) - 2 * x[:2]).max() < TOL
+
+
+def test_levels_exhaust_with_clear_error(ctx, keys, rng):
+    sk, pk, evk = keys
+    c = encrypt(ctx, _x(rng, ctx=ctx), pk)
+    for _ in range(ctx.params.depth):
+        c = c.mul_scalar(1.0).rescale()
+    assert c.level == ctx.params.min_level
+    with pytest.raises(LevelError, match="exhausted"):
+        c.rescale()
+    with pytest.raises(ScaleError, match="no room"):
+        c.mul_scalar(1.0)
+
+
+def test_mismatched_operands_raise(ctx, keys, rng):
+    sk, pk, evk = keys
+    c = encrypt(ctx, _x(rng, ctx=ctx), pk)
+    with pytest.raises(ScaleError, match="scales differ"):
+        c + c.mul_scalar(1.0)
+    other = CkksContext(CkksParameters.create(depth=3, n=1 << 12, allow_insecure_test_only=True))
+    okg = KeyGenerator(other)
+    osk = okg.secret_key()
+    foreign = encrypt(other, np.zeros((1, 4)), osk)
+    with pytest.raises(ParameterError, match="different parameter"):
+        c + foreign
+    with pytest.raises(ParameterError):
+        decrypt(ctx, c, osk)
+    with pytest.raises(ParameterError):
+        encrypt(ctx, np.zeros((1, 4)), okg.public_key(osk))
+    with pytest.raises(HecnnError):
+        c.square().square()
+    with pytest.raises(ShapeError):
+        encrypt(ctx, np.zeros((1, ctx.params.slots + 1)), pk)
+    with pytest.raises(ShapeError):
+        CiphertextBatch(ctx, np.zeros((1, 2, 3), dtype=np.int64), c.scale)

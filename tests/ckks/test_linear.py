@@ -1,0 +1,74 @@
+import numpy as np
+import pytest
+import torch
+
+from hecnn.ckks.encryption import decrypt, encrypt
+from hecnn.ckks.linear import BlockSparseWeights, digit_bits, digit_planes, weight_exponent
+from hecnn.errors import ShapeError
+
+TOL = 2e-2
+
+
+def test_digit_planes_reconstruct_exactly(rng):
+    w = rng.normal(size=(7, 11)) * 2**27
+    b = digit_bits(576)
+    s = weight_exponent(np.abs(w).max(), b, 3)
+    planes = digit_planes(w, b, s, 3)
+    assert np.abs(planes).max() <= 2 ** (b - 1)
+    recon = sum(planes[t].astype(object) * 2 ** (b * t) for t in range(len(planes)))
+    assert np.array_equal(recon.astype(np.int64), np.round(w / 2**s).astype(np.int64))
+
+
+def test_exactness_bound():
+    for k in (1, 25, 576, 2048, 20000):
+        b = digit_bits(k)
+        assert k * 2 ** (29 + b) < 2**53
+
+
+def test_dense_linear_combination_matches_numpy(ctx, keys, rng):
+    sk, pk, _ = keys
+    x = rng.uniform(-1, 1, (40, 64))
+    w = rng.normal(size=(9, 40)) / 4
+    bias = rng.normal(size=9)
+    c = encrypt(ctx, x, pk)
+    y = c.linear_combination(w, bias=bias).rescale()
+    assert y.level == c.level - 1 and np.isclose(y.scale, c.scale)
+    assert np.abs(decrypt(ctx, y, sk, slots=64) - (w @ x + bias[:, None])).max() < TOL
+
+
+def test_linear_on_three_component_ciphertexts(ctx, keys, rng):
+    sk, pk, _ = keys
+    x = rng.uniform(-1, 1, (12, 32))
+    w = rng.normal(size=(3, 12)) / 3
+    y = encrypt(ctx, x, pk).square().linear_combination(w)
+    assert y.components == 3
+    assert np.abs(decrypt(ctx, y, sk, slots=32) - w @ (x * x)).max() < TOL
+
+
+@pytest.mark.parametrize(("stride", "padding"), [(1, 0), (2, 1), (1, 1)])
+def test_conv_structured_weights_equal_torch_conv(ctx, keys, rng, stride, padding):
+    sk, pk, _ = keys
+    cin, h = 2, 6
+    wt = rng.normal(size=(3, cin, 3, 3)) / 3
+    x = rng.uniform(-1, 1, (cin * h * h, 16))
+    bs = BlockSparseWeights.conv2d(wt, (cin, h, h), stride=stride, padding=padding)
+    ref = torch.nn.functional.conv2d(
+        torch.tensor(x.T.reshape(16, cin, h, h)), torch.tensor(wt), stride=stride, padding=padding
+    ).reshape(16, -1).numpy().T
+    assert np.allclose(bs.to_dense() @ x, ref)
+    assert bs.nnz < bs.out_features * bs.in_features  # no dense im2col
+    y = encrypt(ctx, x, pk).linear_combination(bs).rescale()
+    assert np.abs(decrypt(ctx, y, sk, slots=16) - ref).max() < TOL
+
+
+def test_linear_shape_errors(ctx, keys, rng):
+    sk, pk, _ = keys
+    c = encrypt(ctx, rng.uniform(-1, 1, (4, 8)), pk)
+    with pytest.raises(ShapeError, match="expect 5 inputs"):
+        c.linear_combination(np.ones((2, 5)))
+    with pytest.raises(ShapeError):
+        c.linear_combination(np.ones((2, 4)), bias=np.ones(3))
+    with pytest.raises(ShapeError):
+        c.linear_combination(np.full((2, 4), np.nan))
+    with pytest.raises(ShapeError):
+        BlockSparseWeights.conv2d(np.ones((2, 3, 3, 3)), (2, 5, 5))
