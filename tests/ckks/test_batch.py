@@ -94,7 +94,7 @@ def test_rotate(ctx, keys, rng, steps):
 
 
 def test_rotate_without_key_is_a_clear_error(ctx, keys, rng):
-    sk, pk, evk = keys
+    _sk, pk, evk = keys
     c = encrypt(ctx, _x(rng, ctx=ctx), pk)
     with pytest.raises(KeyError_, match="rotation by 3"):
         c.rotate(3, evk)
@@ -115,7 +115,7 @@ def test_slicing_stacking_and_levels(ctx, keys, rng):
 
 
 def test_levels_exhaust_with_clear_error(ctx, keys, rng):
-    sk, pk, evk = keys
+    _sk, pk, _evk = keys
     c = encrypt(ctx, _x(rng, ctx=ctx), pk)
     for _ in range(ctx.params.depth):
         c = c.mul_scalar(1.0).rescale()
@@ -127,7 +127,7 @@ def test_levels_exhaust_with_clear_error(ctx, keys, rng):
 
 
 def test_mismatched_operands_raise(ctx, keys, rng):
-    sk, pk, evk = keys
+    _sk, pk, _evk = keys
     c = encrypt(ctx, _x(rng, ctx=ctx), pk)
     with pytest.raises(ScaleError, match="scales differ"):
         c + c.mul_scalar(1.0)

@@ -52,9 +52,17 @@ def test_conv_structured_weights_equal_torch_conv(ctx, keys, rng, stride, paddin
     wt = rng.normal(size=(3, cin, 3, 3)) / 3
     x = rng.uniform(-1, 1, (cin * h * h, 16))
     bs = BlockSparseWeights.conv2d(wt, (cin, h, h), stride=stride, padding=padding)
-    ref = torch.nn.functional.conv2d(
-        torch.tensor(x.T.reshape(16, cin, h, h)), torch.tensor(wt), stride=stride, padding=padding
-    ).reshape(16, -1).numpy().T
+    ref = (
+        torch.nn.functional.conv2d(
+            torch.tensor(x.T.reshape(16, cin, h, h)),
+            torch.tensor(wt),
+            stride=stride,
+            padding=padding,
+        )
+        .reshape(16, -1)
+        .numpy()
+        .T
+    )
     assert np.allclose(bs.to_dense() @ x, ref)
     assert bs.nnz < bs.out_features * bs.in_features  # no dense im2col
     y = encrypt(ctx, x, pk).linear_combination(bs).rescale()
@@ -62,7 +70,7 @@ def test_conv_structured_weights_equal_torch_conv(ctx, keys, rng, stride, paddin
 
 
 def test_linear_shape_errors(ctx, keys, rng):
-    sk, pk, _ = keys
+    _sk, pk, _ = keys
     c = encrypt(ctx, rng.uniform(-1, 1, (4, 8)), pk)
     with pytest.raises(ShapeError, match="expect 5 inputs"):
         c.linear_combination(np.ones((2, 5)))

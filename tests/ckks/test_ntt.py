@@ -64,7 +64,9 @@ def test_automorphism_permutation_matches_coefficient_map(tiny):
         d = i * g % (2 * n)
         sign = 1 if d < n else -1
         coeff[:, d % n] = (coeff[:, d % n] + sign * a[:, i]) % tiny.moduli_column(idx)[:, 0]
-    via_ntt = tiny.intt(np.ascontiguousarray(tiny.ntt(a.copy(), idx)[:, tiny.automorphism_perm(g)]), idx)
+    via_ntt = tiny.intt(
+        np.ascontiguousarray(tiny.ntt(a.copy(), idx)[:, tiny.automorphism_perm(g)]), idx
+    )
     assert np.array_equal(via_ntt, coeff)
 
 

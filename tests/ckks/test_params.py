@@ -46,7 +46,13 @@ def test_insecure_set_is_refused_without_switch():
 
 def test_security_table_matches_he_standard():
     assert MAX_LOG_QP_128 == {
-        1024: 27, 2048: 54, 4096: 109, 8192: 218, 16384: 438, 32768: 881, 65536: 1761,
+        1024: 27,
+        2048: 54,
+        4096: 109,
+        8192: 218,
+        16384: 438,
+        32768: 881,
+        65536: 1761,
     }
     check_security(16384, 438)
     with pytest.raises(SecurityError):
@@ -57,8 +63,13 @@ def test_bad_parameters_raise_hecnn_errors():
     with pytest.raises(ParameterError):
         CkksParameters(n=1000, moduli=(12289,), special_moduli=(40961,), scale=2.0**20)
     with pytest.raises(ParameterError, match="not a prime"):
-        CkksParameters(n=1024, moduli=(2049 * 2,), special_moduli=(12289,), scale=2.0**20,
-                       insecure_test_only=True)
+        CkksParameters(
+            n=1024,
+            moduli=(2049 * 2,),
+            special_moduli=(12289,),
+            scale=2.0**20,
+            insecure_test_only=True,
+        )
     with pytest.raises(HecnnError):
         CkksParameters.create(depth=-1)
     with pytest.raises(HecnnError):

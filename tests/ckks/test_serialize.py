@@ -65,7 +65,9 @@ def test_truncated_and_corrupted_input(ctx, keys, rng):
         serialize.loads("not bytes", ctx)
 
 
-@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(
+    max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
 @given(data=st.data())
 def test_fuzzed_input_only_raises_hecnn_errors(ctx, keys, data):
     base = serialize.dumps(keys[1])
