@@ -33,8 +33,8 @@ class CiphertextBatch:
 
     def __post_init__(self) -> None:
         d = self.data
-        if not isinstance(d, np.ndarray) or d.dtype != np.int64 or d.ndim != 4:
-            raise ShapeError("ciphertext data must be an int64 array (cts, comps, limbs, N)")
+        if not isinstance(d, np.ndarray) or d.dtype != np.int32 or d.ndim != 4:
+            raise ShapeError("ciphertext data must be an int32 array (cts, comps, limbs, N)")
         if d.shape[1] not in (2, 3):
             raise ShapeError(f"a ciphertext has 2 or 3 components, got {d.shape[1]}")
         if d.shape[3] != self.ctx.n:
@@ -205,7 +205,7 @@ class CiphertextBatch:
         x, y = np.ascontiguousarray(x), np.ascontiguousarray(y)
         idx = a.idx
         ctx = self.ctx
-        out = np.empty((x.shape[0], 3, *x.shape[2:]), dtype=np.int64)
+        out = np.empty((x.shape[0], 3, *x.shape[2:]), dtype=np.int32)
         out[:, 0] = ctx.mul(np.ascontiguousarray(x[:, 0]), np.ascontiguousarray(y[:, 0]), idx)
         out[:, 2] = ctx.mul(np.ascontiguousarray(x[:, 1]), np.ascontiguousarray(y[:, 1]), idx)
         mid = ctx.mul(np.ascontiguousarray(x[:, 0]), np.ascontiguousarray(y[:, 1]), idx)
@@ -220,7 +220,7 @@ class CiphertextBatch:
         ctx, idx = self.ctx, self.idx
         c0 = np.ascontiguousarray(self.data[:, 0])
         c1 = np.ascontiguousarray(self.data[:, 1])
-        out = np.empty((len(self), 3, *c0.shape[1:]), dtype=np.int64)
+        out = np.empty((len(self), 3, *c0.shape[1:]), dtype=np.int32)
         out[:, 0] = ctx.mul(c0, c0, idx)
         out[:, 2] = ctx.mul(c1, c1, idx)
         mid = ctx.mul(c0, c1, idx)
@@ -234,7 +234,7 @@ class CiphertextBatch:
         rk = keys.relin_key() if isinstance(keys, EvaluationKeys) else keys
         ctx, idx = self.ctx, self.idx
         k0, k1 = key_switch(ctx, np.ascontiguousarray(self.data[:, 2]), self.level, rk)
-        out = np.empty((len(self), 2, *self.data.shape[2:]), dtype=np.int64)
+        out = np.empty((len(self), 2, *self.data.shape[2:]), dtype=np.int32)
         out[:, 0] = ctx.add(np.ascontiguousarray(self.data[:, 0]), k0, idx)
         out[:, 1] = ctx.add(np.ascontiguousarray(self.data[:, 1]), k1, idx)
         return self._like(out)

@@ -1,7 +1,7 @@
 """``CkksContext``: the precomputed tables (NTT twiddles, RNS constants) for one parameter set.
 
 A context is a value derived from :class:`CkksParameters`; building one costs milliseconds and
-nothing is cached at module level. Residue arrays are int64 with the limb axis second to last:
+nothing is cached at module level. Residue arrays are int32 with the limb axis second to last:
 ``(..., limbs, N)``. Limb i of a level-ℓ object is prime q_i for i ≤ ℓ; in the key-switching basis
 Q_ℓ·P the special primes follow. Each method names which primes the limb axis holds by their
 indices into :attr:`primes` (data primes first, then special primes).
@@ -87,8 +87,8 @@ class CkksContext:
 
     # -- transforms ---------------------------------------------------------------------------
     def _rows(self, a: np.ndarray, idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        if a.dtype != np.int64 or not a.flags.c_contiguous:
-            raise ParameterError("residue arrays must be C-contiguous int64")
+        if a.dtype != np.int32 or not a.flags.c_contiguous:
+            raise ParameterError("residue arrays must be C-contiguous int32")
         limbs = a.shape[-2]
         if limbs != len(idx) or a.shape[-1] != self.n:
             raise ParameterError(
@@ -102,7 +102,7 @@ class CkksContext:
         """In-place forward negacyclic NTT of every limb (coefficient → evaluation form)."""
         rows, mod_idx = self._rows(a, idx)
         kernels.ntt_forward(
-            rows.view(np.uint64), mod_idx, self.primes, self.psi_rev32, self.psi_rev_shoup32
+            rows.view(np.uint32), mod_idx, self.primes, self.psi_rev32, self.psi_rev_shoup32
         )
         return a
 
@@ -110,7 +110,7 @@ class CkksContext:
         """In-place inverse NTT (evaluation → coefficient form)."""
         rows, mod_idx = self._rows(a, idx)
         kernels.ntt_inverse(
-            rows.view(np.uint64),
+            rows.view(np.uint32),
             mod_idx,
             self.primes,
             self.psi_inv_rev32,
@@ -170,23 +170,24 @@ class CkksContext:
         return out
 
     def neg(self, a: np.ndarray, idx: np.ndarray) -> np.ndarray:
-        q = self.moduli_column(idx)
-        return np.where(a == 0, 0, q - a)
+        q = self.moduli_column(idx).astype(np.int32)
+        return np.ascontiguousarray(np.where(a == 0, 0, q - a), dtype=np.int32)
 
     def reduce_int(self, values: np.ndarray, idx: np.ndarray) -> np.ndarray:
         """Residues of signed integers (int64 or exactly-integral float64) in each prime of idx.
 
-        Returns shape values.shape[:-1] + (len(idx), N) — a limb axis is inserted before the last.
-        fmod on floats is exact in IEEE arithmetic, so integers beyond 2^63 are reduced correctly.
+        Returns int32 residues of shape values.shape[:-1] + (len(idx), N) — a limb axis is
+        inserted before the last. fmod on floats is exact in IEEE arithmetic, so integers beyond
+        2^63 are reduced correctly.
         """
         q = self.primes[idx].astype(np.float64)[:, None]
         v = np.asarray(values)
-        if v.dtype == np.int64:
-            r = np.mod(v[..., None, :], q.astype(np.int64))
+        if np.issubdtype(v.dtype, np.integer):
+            r = np.mod(v[..., None, :].astype(np.int64), q.astype(np.int64))
         else:
             r = np.fmod(v[..., None, :].astype(np.float64), q)
-            r = np.where(r < 0, r + q, r).astype(np.int64)
-        return np.ascontiguousarray(r)
+            r = np.where(r < 0, r + q, r)
+        return np.ascontiguousarray(r, dtype=np.int32)
 
     def residues_of(self, value: int, idx: np.ndarray) -> np.ndarray:
         """[value]_{q_i} for a Python integer (any size), as int64 per limb."""
@@ -204,7 +205,7 @@ class CkksContext:
             [[(big // q) % int(self.primes[t]) for t in dst] for q in src_q], dtype=np.int64
         )
         npoly = x.shape[0]
-        out = np.empty((npoly, len(dst), self.n), dtype=np.int64)
+        out = np.empty((npoly, len(dst), self.n), dtype=np.int32)
         kernels.base_convert(
             np.ascontiguousarray(x),
             np.asarray(src, dtype=np.int64),

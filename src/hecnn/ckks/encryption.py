@@ -1,7 +1,9 @@
 """Encoding, encryption and decryption of whole batches of vectors.
 
-Public-key encryption of m: (c0, c1) = (b·u + e0 + m, a·u + e1) with u ternary and e0, e1
-Gaussian, where (b, a) = (−a·s + e, a) is the public key, so c0 + c1·s = m + e·u + e0 + e1·s.
+Public-key encryption of m: (c0, c1) = (⌊(b·u + e0)/P⌉ + m, ⌊(a·u + e1)/P⌉) computed over
+Q_ℓ·P, with u ternary and e0, e1 Gaussian, where (b, a) = (−a·s + e, a) is the public key; so
+c0 + c1·s = m + (e·u + e0 + e1·s)/P + rounding: the division by the special modulus P leaves
+a fresh noise of a few units instead of ~σ·√N (SEAL does the same).
 Secret-key encryption: (c0, c1) = (−a·s + e + m, a) with a uniform.
 """
 
@@ -13,6 +15,7 @@ from hecnn.ckks.batch import CiphertextBatch
 from hecnn.ckks.context import CkksContext
 from hecnn.ckks.encoder import Encoder
 from hecnn.ckks.keys import PublicKey, SecretKey
+from hecnn.ckks.keyswitch import mod_down
 from hecnn.ckks.rns import centered_to_float
 from hecnn.ckks.sampling import Prng
 from hecnn.errors import ParameterError, ScaleError, ShapeError
@@ -58,18 +61,25 @@ def encrypt(
     b = v.shape[0]
     n = ctx.n
     small = lambda poly: ctx.ntt(ctx.reduce_int(poly, idx), idx)  # noqa: E731
-    out = np.empty((b, 2, len(idx), n), dtype=np.int64)
+    out = np.empty((b, 2, len(idx), n), dtype=np.int32)
     if isinstance(key, PublicKey):
-        pk_b = np.ascontiguousarray(key.data[0, : len(idx)])
-        pk_a = np.ascontiguousarray(key.data[1, : len(idx)])
-        u = small(prng.ternary((b, n)))
-        e0 = small(prng.gaussian((b, n)))
-        e1 = small(prng.gaussian((b, n)))
-        c0 = ctx.add(ctx.add(_mul_b(ctx, u, pk_b, idx), e0, idx), m, idx)
-        c1 = ctx.add(_mul_b(ctx, u, pk_a, idx), e1, idx)
+        qp = ctx.qp_idx(level)
+        key_limbs = np.concatenate([idx, ctx.special_idx])
+        pk_b = np.ascontiguousarray(key.data[0, key_limbs])
+        pk_a = np.ascontiguousarray(key.data[1, key_limbs])
+
+        def small_qp(poly: np.ndarray) -> np.ndarray:
+            return ctx.ntt(ctx.reduce_int(poly, qp), qp)
+
+        u = small_qp(prng.ternary((b, n)))
+        c0 = ctx.add(_mul_b(ctx, u, pk_b, qp), small_qp(prng.gaussian((b, n))), qp)
+        c1 = ctx.add(_mul_b(ctx, u, pk_a, qp), small_qp(prng.gaussian((b, n))), qp)
+        c0 = ctx.add(mod_down(ctx, c0, level), m, idx)
+        c1 = mod_down(ctx, c1, level)
     elif isinstance(key, SecretKey):
         s = ctx.ntt(ctx.reduce_int(key.coeffs, idx), idx)
         a = np.stack([prng.uniform_mod(int(ctx.primes[i]), (b, n)) for i in idx], axis=1)
+        a = np.ascontiguousarray(a, dtype=np.int32)
         e = small(prng.gaussian((b, n)))
         c0 = ctx.add(ctx.sub(e, _mul_b(ctx, a, s, idx), idx), m, idx)
         c1 = a

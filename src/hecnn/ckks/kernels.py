@@ -1,16 +1,18 @@
 """Compiled modular-arithmetic kernels (numba) for residue arrays.
 
-Every array here holds residues modulo word-sized primes q < 2^31 in int64, shaped
+Every array here holds residues modulo word-sized primes q < 2^31 in **int32**, shaped
 (rows, N) where each row belongs to one prime; ``mod_idx[row]`` says which (an index into the
 per-prime tables). Values are kept fully reduced in [0, q). Products of two residues are below
-2^62, so every operation is exact in 64-bit integers.
+2^62 and are formed in 64-bit integers, so every operation is exact. 32-bit storage halves the
+memory traffic of these bandwidth-bound loops and lets LLVM vectorize the 32×32→64-bit products
+(AVX2 has no 64-bit multiply or int64↔double conversion, so int64 storage runs scalar).
 
 Hardware division is slow and does not vectorize, so no kernel divides:
 - by a fixed operand w (NTT twiddles), Shoup's trick: with w' = ⌊w·2^32/q⌋ precomputed,
   x·w mod q = x·w − ⌊x·w'/2^32⌋·q − {0 or q};
 - by a varying operand, a floating-point Barrett step: k = ⌊fl(a)·fl(b)·fl(1/q)⌋ is the true
   quotient ⌊ab/q⌋ up to ±1 (the relative error of the float product is ~2^-52 and the quotient is
-  below 2^31), so r = ab − kq (exact in wrapping int64 arithmetic) lies in [−q, 2q) and one
+  below 2^31, so it fits an int32), hence r = ab − kq lies in [−q, 2q) and one branch-free
   correction each way finishes the reduction.
 """
 
@@ -73,7 +75,7 @@ def ntt_forward(a, mod_idx, primes, psi_rev, psi_rev_shoup):
 
     Row r becomes (A(ψ^{2·brv(k)+1}))_k for the row's prime: evaluations of the polynomial at the
     odd powers of a primitive 2N-th root ψ, which turns negacyclic convolution into a pointwise
-    product. ``a`` is a uint64 view of the residue array; tables are uint32 (q < 2^31).
+    product. ``a`` is a uint32 view of the int32 residue array; tables are uint32.
     """
     rows, n = a.shape
     for r in nb.prange(rows):
@@ -81,9 +83,7 @@ def ntt_forward(a, mod_idx, primes, psi_rev, psi_rev_shoup):
         q = np.uint32(primes[p])
         tw = psi_rev[p]
         tws = psi_rev_shoup[p]
-        x = np.empty(n, dtype=np.uint32)
-        for j in range(n):
-            x[j] = np.uint32(a[r, j])
+        x = a[r]
         t = n
         m = 1
         while m < n:
@@ -98,8 +98,6 @@ def ntt_forward(a, mod_idx, primes, psi_rev, psi_rev_shoup):
                     np.uint64(tws[m + i]),
                 )
             m <<= 1
-        for j in range(n):
-            a[r, j] = x[j]
 
 
 @nb.njit(parallel=True, cache=True)
@@ -111,9 +109,7 @@ def ntt_inverse(a, mod_idx, primes, psi_inv_rev, psi_inv_rev_shoup, n_inv, n_inv
         q = np.uint32(primes[p])
         tw = psi_inv_rev[p]
         tws = psi_inv_rev_shoup[p]
-        x = np.empty(n, dtype=np.uint32)
-        for j in range(n):
-            x[j] = np.uint32(a[r, j])
+        x = a[r]
         t = 1
         m = n
         while m > 1:
@@ -133,22 +129,24 @@ def ntt_inverse(a, mod_idx, primes, psi_inv_rev, psi_inv_rev_shoup, n_inv, n_inv
         nis = n_inv_shoup[p]
         q64 = np.uint64(q)
         for j in range(n):
-            a[r, j] = _mul_shoup(np.uint64(x[j]), ni, nis, q64)
+            a[r, j] = np.uint32(_mul_shoup(np.uint64(x[j]), ni, nis, q64))
 
 
 @nb.njit(inline="always")
 def _mulmod(a, b, q, qinv):
-    """a·b mod q for 0 ≤ a, b < q < 2^31 (int64), qinv = 1.0/q (float Barrett, see module doc)."""
-    k = np.int64(np.float64(a) * np.float64(b) * qinv)
-    r = a * b - k * q
-    r = r + q if r < 0 else r
-    return r - q if r >= q else r
+    """a·b mod q for 0 ≤ a, b < 2^31, q < 2^31 (int64 q), qinv = 1.0/q — float Barrett."""
+    k = np.int32(np.float64(a) * np.float64(b) * qinv)
+    r = np.int64(a) * np.int64(b) - np.int64(k) * q
+    r = r + (q & (r >> 63))
+    r = r - q
+    return r + (q & (r >> 63))
 
 
 @nb.njit(inline="always")
 def _addmod(a, b, q):
-    s = a + b
-    return s - q if s >= q else s
+    """a + b mod q for a, b in [0, q), branch-free (int64 in, int64 out)."""
+    r = np.int64(a) + np.int64(b) - q
+    return r + (q & (r >> 63))
 
 
 @nb.njit(parallel=True, cache=True)
@@ -200,7 +198,7 @@ def sub_mod(a, b, out, mod_idx, primes):
     for r in nb.prange(rows):
         q = np.int64(primes[mod_idx[r]])
         for j in range(n):
-            out[r, j] = _addmod(a[r, j], q - b[r, j], q)
+            out[r, j] = _addmod(a[r, j], q - np.int64(b[r, j]), q)
 
 
 @nb.njit(parallel=True, cache=True)
@@ -251,7 +249,7 @@ def base_convert(x, src_idx, dst_idx, primes, qhat_inv, qhat_mod, out):
     npoly, k, n = x.shape
     m = dst_idx.shape[0]
     for p in nb.prange(npoly):
-        y = np.empty((k, n), dtype=np.int64)
+        y = np.empty((k, n), dtype=np.int32)
         for i in range(k):
             qi = np.int64(primes[src_idx[i]])
             qiinv = 1.0 / np.float64(qi)
@@ -273,7 +271,7 @@ def base_convert(x, src_idx, dst_idx, primes, qhat_inv, qhat_mod, out):
 def gather_centered(x, rows, comp, limb, q, out):
     """out[i, :] = centered float of x[rows[i], comp, limb, :]; rows < 0 give zero rows.
 
-    x: (K, C, L, N) int64 residues. The centered lift (−q/2, q/2] halves the magnitude entering
+    x: (K, C, L, N) int32 residues. The centered lift (−q/2, q/2] halves the magnitude entering
     the fp64 GEMM, which buys one more exact bit per weight digit.
     """
     k = rows.shape[0]
@@ -307,7 +305,7 @@ def reduce_digit_products(z, digit_mul, q, out, comp, limb, out_rows):
             for t in range(chunks):
                 zt = z[t, o, j]
                 k = np.int64(np.floor(zt * qinv))
-                r = np.int64(zt) - k * q
+                r = np.int64(zt) - k * q  # exact: |zt| < 2^53
                 r = r + q if r < 0 else r
                 r = r - q if r >= q else r
                 acc = _addmod(acc, _mulmod(r, digit_mul[t], q, qinv), q)

@@ -2,7 +2,8 @@
 
 - :class:`SecretKey` — ternary s. It has its own type, never part of :class:`EvaluationKeys`
   nor of any server-bound serialized message.
-- :class:`PublicKey` — (b, a) = (−a·s + e, a) over Q_L, NTT form.
+- :class:`PublicKey` — (b, a) = (−a·s + e, a) over Q_L·P, NTT form (encryption computes in
+  Q_ℓ·P and divides by P, which scales the encryption noise down by P, as SEAL does).
 - :class:`SwitchingKey` — hybrid (GHS) key-switching key from s' to s over Q_L·P with the data
   primes grouped into digits D_j of ``alpha`` = #special primes each:
   ksk_j = (−a_j·s + e_j + P·g_j·s', a_j), g_j ≡ 1 mod D_j and ≡ 0 mod the other digits, so in
@@ -37,7 +38,7 @@ class SecretKey:
 @dataclass(frozen=True, eq=False)
 class PublicKey:
     params: CkksParameters
-    data: np.ndarray  # (2, L+1, N) NTT form over the data primes
+    data: np.ndarray  # (2, L+1+k, N) NTT form over Q_L·P
 
 
 @dataclass(frozen=True, eq=False)
@@ -96,7 +97,7 @@ class KeyGenerator:
 
     def _uniform(self, idx: np.ndarray, lead: tuple[int, ...] = ()) -> np.ndarray:
         """Uniform residues; uniform in coefficient form ⇔ uniform in NTT form."""
-        out = np.empty((*lead, len(idx), self.ctx.n), dtype=np.int64)
+        out = np.empty((*lead, len(idx), self.ctx.n), dtype=np.int32)
         for k, i in enumerate(idx):
             out[..., k, :] = self.prng.uniform_mod(int(self.ctx.primes[i]), (*lead, self.ctx.n))
         return out
@@ -109,7 +110,7 @@ class KeyGenerator:
 
     def public_key(self, sk: SecretKey) -> PublicKey:
         self._check(sk)
-        idx = self.ctx.data_idx(self.ctx.params.max_level)
+        idx = self.ctx.qp_idx(self.ctx.params.max_level)
         s = self._ntt_of_small(sk.coeffs, idx)
         a = self._uniform(idx)
         e = self._ntt_of_small(self.prng.gaussian((self.ctx.n,)), idx)
@@ -126,7 +127,7 @@ class KeyGenerator:
         for p in ctx.params.special_moduli:
             p_prod *= p
         groups = digits(ctx.params, level)
-        out = np.empty((len(groups), 2, len(idx), ctx.n), dtype=np.int64)
+        out = np.empty((len(groups), 2, len(idx), ctx.n), dtype=np.int32)
         for j, grp in enumerate(groups):
             a = self._uniform(idx)
             e = self._ntt_of_small(self.prng.gaussian((ctx.n,)), idx)

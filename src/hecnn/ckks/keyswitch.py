@@ -33,8 +33,8 @@ def key_switch(
     npoly = d.shape[0]
     d_coeff = ctx.intt(d.copy(), idx_q)
     key_limbs = np.concatenate([np.arange(nq), np.arange(ctx.num_data, len(ctx.primes))])
-    acc = np.zeros((2, npoly, nqp, ctx.n), dtype=np.int64)
-    ext = np.empty((npoly, nqp, ctx.n), dtype=np.int64)
+    acc = np.zeros((2, npoly, nqp, ctx.n), dtype=np.int32)
+    ext = np.empty((npoly, nqp, ctx.n), dtype=np.int32)
     primes = ctx.primes
     mod_idx = idx_qp
     for j, grp in enumerate(digits(ctx.params, level)):
@@ -56,18 +56,26 @@ def key_switch(
 
 
 def mod_down(ctx: CkksContext, x: np.ndarray, level: int) -> np.ndarray:
-    """(P, ℓ+1+k, N) over Q_ℓ·P → round(x/P) over Q_ℓ, NTT form in and out."""
+    """(P, ℓ+1+k, N) over Q_ℓ·P → round(x/P) over Q_ℓ, NTT form in and out.
+
+    round(x/P) = (x + ⌊P/2⌋ − [x + ⌊P/2⌋]_P)/P: ⌊P/2⌋ is added to every coefficient of the P
+    limbs before the base conversion and subtracted again from the converted Q limbs (both in
+    coefficient form), so rounding costs two scalar additions per limb.
+    """
     idx_q = ctx.data_idx(level)
     nq = len(idx_q)
     sp = ctx.special_idx
-    x_p = ctx.intt(np.ascontiguousarray(x[:, nq:]), sp)
-    # the fast conversion of [x]_P is off by a multiple u·P (0 ≤ u < k), which the division
-    # turns into an additive error of at most k: negligible beside the scale
-    conv = ctx.base_convert(x_p, sp, idx_q)
-    ctx.ntt(conv, idx_q)
     p_prod = 1
     for p in ctx.params.special_moduli:
         p_prod *= p
+    half = p_prod // 2
+    x_p = ctx.intt(np.ascontiguousarray(x[:, nq:]), sp)
+    x_p = ctx.add_row_scalars(x_p, np.broadcast_to(ctx.residues_of(half, sp), x_p.shape[:-1]), sp)
+    # the fast conversion of [x + P/2]_P is off by a multiple u·P (0 ≤ u < k), which the
+    # division turns into an additive error of at most k: negligible beside the scale
+    conv = ctx.base_convert(x_p, sp, idx_q)
+    minus_half = np.broadcast_to(ctx.residues_of(-half, idx_q), conv.shape[:-1])
+    conv = ctx.ntt(ctx.add_row_scalars(conv, minus_half, idx_q), idx_q)  # coefficient-wise −⌊P/2⌋
     p_inv = np.array([pow(p_prod, -1, int(ctx.primes[i])) for i in idx_q], dtype=np.int64)
     diff = ctx.sub(np.ascontiguousarray(x[:, :nq]), conv, idx_q)
     return ctx.mul_row_scalars(diff, np.broadcast_to(p_inv, diff.shape[:-1]), idx_q)

@@ -189,7 +189,7 @@ def linear_combination(
     delta_w = float(ctx.primes[lvl]) if weight_scale is None else float(weight_scale)
     x = batch.data
     comps, limbs, n = x.shape[1:]
-    out = np.zeros((sw.out_features, comps, limbs, n), dtype=np.int64)
+    out = np.zeros((sw.out_features, comps, limbs, n), dtype=np.int32)
     maxk = max((len(b.in_idx) for b in sw.blocks), default=1)
     b = digit_bits(maxk)
     maxabs = max(

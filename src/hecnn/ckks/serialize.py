@@ -195,10 +195,9 @@ def _check_residues(
     if arr.shape[-1] != ctx.n or arr.shape[-2] != len(limb_primes):
         raise SerializationError(f"{what}: shape {arr.shape} does not match the parameters")
     q = ctx.primes[limb_primes].astype(np.int64)
-    a = arr.astype(np.int64)
-    if a.size and np.any(a.max(axis=-1) >= q):
+    if arr.size and np.any(arr.max(axis=-1).astype(np.int64) >= q):
         raise SerializationError(f"{what}: residue out of range for its prime")
-    return np.ascontiguousarray(a)
+    return np.ascontiguousarray(arr, dtype=np.int32)
 
 
 def loads(
@@ -228,7 +227,7 @@ def loads(
     arrays = _arrays(meta, payload)
     lvl = ctx.params.max_level
     if kind == Kind.PUBLIC_KEY:
-        d = _check_residues(ctx, _need(arrays, "data", 3), ctx.data_idx(lvl), "public key")
+        d = _check_residues(ctx, _need(arrays, "data", 3), ctx.qp_idx(lvl), "public key")
         if d.shape[0] != 2:
             raise SerializationError("public key must have 2 components")
         return PublicKey(ctx.params, d)
