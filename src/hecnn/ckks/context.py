@@ -194,8 +194,14 @@ class CkksContext:
         return np.array([int(value) % int(self.primes[i]) for i in idx], dtype=np.int64)
 
     # -- base conversion ----------------------------------------------------------------------
-    def base_convert(self, x: np.ndarray, src: np.ndarray, dst: np.ndarray) -> np.ndarray:
-        """Fast base conversion of coefficient-form residues (P, len(src), N) → (P, len(dst), N)."""
+    def base_convert(
+        self, x: np.ndarray, src: np.ndarray, dst: np.ndarray, *, exact: bool = False
+    ) -> np.ndarray:
+        """Base conversion of coefficient-form residues (P, len(src), N) → (P, len(dst), N).
+
+        Fast (approximate, result + u·B with 0 ≤ u < len(src)) by default; ``exact`` removes
+        the u·B term (see :func:`kernels.base_convert`).
+        """
         src_q = [int(self.primes[i]) for i in src]
         big = 1
         for q in src_q:
@@ -204,6 +210,7 @@ class CkksContext:
         qhat_mod = np.array(
             [[(big // q) % int(self.primes[t]) for t in dst] for q in src_q], dtype=np.int64
         )
+        big_mod = np.array([big % int(self.primes[t]) for t in dst], dtype=np.int64)
         npoly = x.shape[0]
         out = np.empty((npoly, len(dst), self.n), dtype=np.int32)
         kernels.base_convert(
@@ -213,6 +220,8 @@ class CkksContext:
             self.primes,
             qhat_inv,
             qhat_mod,
+            big_mod,
+            exact,
             out,
         )
         return out

@@ -22,6 +22,7 @@ import numba as nb
 import numpy as np
 
 _U32 = np.uint64(32)
+_CONTIGUOUS_MIN_RUN = 8  # stages with shorter runs use strided runs across groups
 
 
 @nb.njit(inline="always")
@@ -38,7 +39,7 @@ def _mul_shoup(x, w, wp, q):
 
 @nb.njit(inline="never", cache=True)
 def _ct_butterflies(a, b, q, w, wp):
-    """(a, b) ← (a + w·b, a − w·b) mod q over two disjoint uint32 runs.
+    """(a, b) ← (a + w·b, a − w·b) mod q over two disjoint uint32 runs, one twiddle w.
 
     Separate, non-overlapping runs let LLVM vectorize the 32×32→64-bit products; the same loop
     written on one array with a runtime offset does not vectorize and is ~15× slower.
@@ -56,8 +57,24 @@ def _ct_butterflies(a, b, q, w, wp):
 
 
 @nb.njit(inline="never", cache=True)
+def _ct_butterflies_tw(a, b, q, w, wp):
+    """As :func:`_ct_butterflies` with one twiddle per butterfly (strided runs, late stages)."""
+    q64 = np.uint64(q)
+    for j in range(a.shape[0]):
+        u = a[j]
+        y = np.uint64(b[j])
+        wj = np.uint64(w[j])
+        v = np.uint32(y * wj - ((y * np.uint64(wp[j])) >> _U32) * q64)
+        v = min(v, np.uint32(v - q))
+        s = np.uint32(u + v)
+        d = np.uint32(u + q - v)
+        a[j] = min(s, np.uint32(s - q))
+        b[j] = min(d, np.uint32(d - q))
+
+
+@nb.njit(inline="never", cache=True)
 def _gs_butterflies(a, b, q, w, wp):
-    """(a, b) ← (a + b, (a − b)·w) mod q over two disjoint uint32 runs."""
+    """(a, b) ← (a + b, (a − b)·w) mod q over two disjoint uint32 runs, one twiddle w."""
     q64 = np.uint64(q)
     for j in range(a.shape[0]):
         u = a[j]
@@ -69,6 +86,30 @@ def _gs_butterflies(a, b, q, w, wp):
         b[j] = min(v, np.uint32(v - q))
 
 
+@nb.njit(inline="never", cache=True)
+def _gs_butterflies_tw(a, b, q, w, wp):
+    """As :func:`_gs_butterflies` with one twiddle per butterfly (strided runs, early stages)."""
+    q64 = np.uint64(q)
+    for j in range(a.shape[0]):
+        u = a[j]
+        y = b[j]
+        s = np.uint32(u + y)
+        a[j] = min(s, np.uint32(s - q))
+        d = np.uint64(np.uint32(u + q - y))
+        v = np.uint32(d * np.uint64(w[j]) - ((d * np.uint64(wp[j])) >> _U32) * q64)
+        b[j] = min(v, np.uint32(v - q))
+
+
+@nb.njit(inline="never", cache=True)
+def _scale_shoup(x, q, w, wp):
+    """x ← x·w mod q (uint32 run, fixed w with Shoup companion wp)."""
+    q64 = np.uint64(q)
+    for j in range(x.shape[0]):
+        y = np.uint64(x[j])
+        v = np.uint32(y * w - ((y * wp) >> _U32) * q64)
+        x[j] = min(v, np.uint32(v - q))
+
+
 @nb.njit(parallel=True, cache=True)
 def ntt_forward(a, mod_idx, primes, psi_rev, psi_rev_shoup):
     """In-place negacyclic NTT of each row (Cooley–Tukey, bit-reversed output order).
@@ -76,6 +117,11 @@ def ntt_forward(a, mod_idx, primes, psi_rev, psi_rev_shoup):
     Row r becomes (A(ψ^{2·brv(k)+1}))_k for the row's prime: evaluations of the polynomial at the
     odd powers of a primitive 2N-th root ψ, which turns negacyclic convolution into a pointwise
     product. ``a`` is a uint32 view of the int32 residue array; tables are uint32.
+
+    Stage with half-size t has m = N/(2t) groups. While t ≥ m the loop runs over groups, each a
+    contiguous run of t butterflies sharing one twiddle; later stages run over the offset k < t,
+    each a strided run of m butterflies with consecutive twiddles — so no run is shorter than
+    √N/2 and every run vectorizes.
     """
     rows, n = a.shape
     for r in nb.prange(rows):
@@ -88,15 +134,21 @@ def ntt_forward(a, mod_idx, primes, psi_rev, psi_rev_shoup):
         m = 1
         while m < n:
             t >>= 1
-            for i in range(m):
-                j1 = 2 * i * t
-                _ct_butterflies(
-                    x[j1 : j1 + t],
-                    x[j1 + t : j1 + 2 * t],
-                    q,
-                    np.uint64(tw[m + i]),
-                    np.uint64(tws[m + i]),
-                )
+            if t >= _CONTIGUOUS_MIN_RUN or t >= m:
+                for i in range(m):
+                    j1 = 2 * i * t
+                    _ct_butterflies(
+                        x[j1 : j1 + t],
+                        x[j1 + t : j1 + 2 * t],
+                        q,
+                        np.uint64(tw[m + i]),
+                        np.uint64(tws[m + i]),
+                    )
+            else:
+                for k in range(t):  # butterfly (k + 2ti, k + 2ti + t) for group i, stride 2t
+                    _ct_butterflies_tw(
+                        x[k : n : 2 * t], x[k + t : n : 2 * t], q, tw[m : 2 * m], tws[m : 2 * m]
+                    )
             m <<= 1
 
 
@@ -114,22 +166,24 @@ def ntt_inverse(a, mod_idx, primes, psi_inv_rev, psi_inv_rev_shoup, n_inv, n_inv
         m = n
         while m > 1:
             h = m >> 1
-            for i in range(h):
-                j1 = 2 * i * t
-                _gs_butterflies(
-                    x[j1 : j1 + t],
-                    x[j1 + t : j1 + 2 * t],
-                    q,
-                    np.uint64(tw[h + i]),
-                    np.uint64(tws[h + i]),
-                )
+            if t >= _CONTIGUOUS_MIN_RUN or t >= h:
+                for i in range(h):
+                    j1 = 2 * i * t
+                    _gs_butterflies(
+                        x[j1 : j1 + t],
+                        x[j1 + t : j1 + 2 * t],
+                        q,
+                        np.uint64(tw[h + i]),
+                        np.uint64(tws[h + i]),
+                    )
+            else:
+                for k in range(t):
+                    _gs_butterflies_tw(
+                        x[k : n : 2 * t], x[k + t : n : 2 * t], q, tw[h : 2 * h], tws[h : 2 * h]
+                    )
             t <<= 1
             m = h
-        ni = n_inv[p]
-        nis = n_inv_shoup[p]
-        q64 = np.uint64(q)
-        for j in range(n):
-            a[r, j] = np.uint32(_mul_shoup(np.uint64(x[j]), ni, nis, q64))
+        _scale_shoup(x, q, n_inv[p], n_inv_shoup[p])
 
 
 @nb.njit(inline="always")
@@ -239,12 +293,16 @@ def mul_add_bcast(a, b, acc, mod_idx, primes):
 
 
 @nb.njit(parallel=True, cache=True)
-def base_convert(x, src_idx, dst_idx, primes, qhat_inv, qhat_mod, out):
+def base_convert(x, src_idx, dst_idx, primes, qhat_inv, qhat_mod, big_mod, exact, out):
     """Fast RNS base conversion (approximate: adds a small multiple of the source modulus B).
 
     x: (P, k, N) residues of P polynomials in the k source primes (coefficient form).
     out[p, t] = Σ_i [x_i · (B/b_i)^{-1}]_{b_i} · [B/b_i]_t mod t   for each target prime t,
     with qhat_inv[i] = (B/b_i)^{-1} mod b_i and qhat_mod[i, t] = (B/b_i) mod t.
+
+    The sum equals x + u·B with u = ⌊Σ_i y_i/b_i⌋ ∈ [0, k). With ``exact`` the overflow u is
+    computed in floating point (Σ_i y_i/b_i has ~2^-50 relative error, so u is exact except for
+    values within ~2^-48·B of a multiple of B) and u·[B]_t (``big_mod[t]``) subtracted.
     """
     npoly, k, n = x.shape
     m = dst_idx.shape[0]
@@ -259,12 +317,22 @@ def base_convert(x, src_idx, dst_idx, primes, qhat_inv, qhat_mod, out):
         for t in range(m):
             qt = np.int64(primes[dst_idx[t]])
             qtinv = 1.0 / np.float64(qt)
-            for j in range(n):
-                acc = np.int64(0)
-                for i in range(k):
-                    # y may exceed qt (source prime larger): _mulmod only needs a, b < 2^31
-                    acc = _addmod(acc, _mulmod(y[i, j], qhat_mod[i, t], qt, qtinv), qt)
-                out[p, t, j] = acc
+            row = out[p, t]
+            c0 = qhat_mod[0, t]
+            for j in range(n):  # y may exceed qt (larger source prime): _mulmod allows a < 2^31
+                row[j] = _mulmod(y[0, j], c0, qt, qtinv)
+            for i in range(1, k):
+                ci = qhat_mod[i, t]
+                for j in range(n):
+                    row[j] = _addmod(row[j], _mulmod(y[i, j], ci, qt, qtinv), qt)
+            if exact and k > 1:
+                bt = big_mod[t]
+                for j in range(n):
+                    v = 0.0
+                    for i in range(k):
+                        v += np.float64(y[i, j]) / np.float64(primes[src_idx[i]])
+                    u = np.int64(v)
+                    row[j] = _addmod(row[j], qt - _mulmod(u, bt, qt, qtinv), qt)
 
 
 @nb.njit(parallel=True, cache=True)

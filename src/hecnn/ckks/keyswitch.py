@@ -71,9 +71,9 @@ def mod_down(ctx: CkksContext, x: np.ndarray, level: int) -> np.ndarray:
     half = p_prod // 2
     x_p = ctx.intt(np.ascontiguousarray(x[:, nq:]), sp)
     x_p = ctx.add_row_scalars(x_p, np.broadcast_to(ctx.residues_of(half, sp), x_p.shape[:-1]), sp)
-    # the fast conversion of [x + P/2]_P is off by a multiple u·P (0 ≤ u < k), which the
-    # division turns into an additive error of at most k: negligible beside the scale
-    conv = ctx.base_convert(x_p, sp, idx_q)
+    # exact conversion: a fast one is off by u·P (0 ≤ u < k), which the division turns into an
+    # error u per coefficient — multiplied by s at decryption, ~k·√N: worth removing
+    conv = ctx.base_convert(x_p, sp, idx_q, exact=True)
     minus_half = np.broadcast_to(ctx.residues_of(-half, idx_q), conv.shape[:-1])
     conv = ctx.ntt(ctx.add_row_scalars(conv, minus_half, idx_q), idx_q)  # coefficient-wise −⌊P/2⌋
     p_inv = np.array([pow(p_prod, -1, int(ctx.primes[i])) for i in idx_q], dtype=np.int64)

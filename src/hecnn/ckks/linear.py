@@ -202,18 +202,21 @@ def linear_combination(
         if k == 0:
             continue
         planes = digit_planes(blk.weights * delta_w, b, s, max_digits)
+        nplanes, nout = planes.shape[0], len(blk.out_idx)
+        stacked = np.ascontiguousarray(planes.reshape(nplanes * nout, k))  # one GEMM, all planes
         rows = np.ascontiguousarray(blk.in_idx, dtype=np.int64)
         out_rows = np.ascontiguousarray(blk.out_idx, dtype=np.int64)
-        z = np.empty((planes.shape[0], len(out_rows), n), dtype=np.float64)
+        z = np.empty((nplanes * nout, n), dtype=np.float64)
         xb = buf[:k]
         for li in range(limbs):
             q = int(ctx.primes[li])
-            mul = np.array([pow(2, b * t + s, q) for t in range(planes.shape[0])], dtype=np.int64)
+            mul = np.array([pow(2, b * t + s, q) for t in range(nplanes)], dtype=np.int64)
             for c in range(comps):
                 kernels.gather_centered(x, rows, c, li, np.int64(q), xb)
-                for t in range(planes.shape[0]):
-                    np.matmul(planes[t], xb, out=z[t])
-                kernels.reduce_digit_products(z, mul, np.int64(q), out, c, li, out_rows)
+                np.matmul(stacked, xb, out=z)
+                kernels.reduce_digit_products(
+                    z.reshape(nplanes, nout, n), mul, np.int64(q), out, c, li, out_rows
+                )
     result = CiphertextBatch(ctx, out, batch.scale * delta_w)
     if bias is not None:
         bvec = np.asarray(bias, dtype=np.float64)

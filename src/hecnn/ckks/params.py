@@ -7,7 +7,7 @@ import math
 from dataclasses import dataclass, field
 
 from hecnn.ckks.primes import MAX_PRIME_BITS, is_prime, ntt_primes
-from hecnn.ckks.security import check_security, minimal_ring_degree
+from hecnn.ckks.security import check_security, max_log_qp, minimal_ring_degree
 from hecnn.errors import ParameterError
 
 
@@ -113,7 +113,7 @@ class CkksParameters:
         *,
         scale_bits: int = 26,
         first_prime_bits: int = 31,
-        special_primes: int = 1,
+        special_primes: int | None = None,
         special_prime_bits: int = MAX_PRIME_BITS,
         n: int | None = None,
         min_n: int = 4096,
@@ -135,10 +135,20 @@ class CkksParameters:
             raise ParameterError(
                 f"first_prime_bits={first_prime_bits} must be in [scale_bits, {4 * MAX_PRIME_BITS}]"
             )
+        # +1: primes just above 2^scale_bits make the true log2(QP) a hair larger than the estimate
+        log_q = first_prime_bits + depth * scale_bits + 1
+        if special_primes is None:
+            chain = -(-first_prime_bits // MAX_PRIME_BITS) + depth
+            wanted = max(1, min(3, -(-chain // 4)))
+            ring = n or max(min_n, minimal_ring_degree(log_q + special_prime_bits))
+            special_primes = 1
+            for k in range(wanted, 0, -1):
+                if allow_insecure_test_only or log_q + k * special_prime_bits <= max_log_qp(ring):
+                    special_primes = k
+                    break
         if special_primes < 1:
             raise ParameterError("special_primes must be ≥ 1")
-        # +1: primes just above 2^scale_bits make the true log2(QP) a hair larger than the estimate
-        log_qp = first_prime_bits + depth * scale_bits + special_primes * special_prime_bits + 1
+        log_qp = log_q + special_primes * special_prime_bits
         if n is None:
             n = max(min_n, minimal_ring_degree(log_qp))
         special = ntt_primes(special_prime_bits, n, special_primes)
