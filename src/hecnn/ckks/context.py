@@ -9,6 +9,9 @@ indices into :attr:`primes` (data primes first, then special primes).
 
 from __future__ import annotations
 
+import os
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from functools import cached_property
 
 import numpy as np
@@ -32,13 +35,29 @@ def _shoup(w: np.ndarray, q: int) -> np.ndarray:
     return ((w.astype(object) << 32) // q).astype(np.uint64)
 
 
-class CkksContext:
-    """Tables and residue-array primitives for one :class:`CkksParameters`."""
+#: rows below which a kernel runs inline instead of on the pool (thread hand-off costs ~20 µs)
+_MIN_PARALLEL_ELEMENTS = 1 << 15
 
-    def __init__(self, params: CkksParameters) -> None:
+
+def default_threads() -> int:
+    """Worker threads: ``HECNN_THREADS`` or the cores this process may use."""
+    env = os.environ.get("HECNN_THREADS")
+    if env:
+        return max(1, int(env))
+    return max(1, len(os.sched_getaffinity(0)))
+
+
+class CkksContext:
+    """Tables and residue-array primitives for one :class:`CkksParameters`.
+
+    Kernels run on row slices spread over ``threads`` worker threads (they release the GIL).
+    """
+
+    def __init__(self, params: CkksParameters, *, threads: int | None = None) -> None:
         if not isinstance(params, CkksParameters):
             raise ParameterError(f"expected CkksParameters, got {type(params).__name__}")
         self.params = params
+        self.threads = threads or default_threads()
         n = params.n
         self.n = n
         all_primes = list(params.moduli) + list(params.special_moduli)
@@ -69,6 +88,40 @@ class CkksContext:
         self.psi_rev_shoup32 = self.psi_rev_shoup.astype(np.uint32)
         self.psi_inv_rev32 = self.psi_inv_rev.astype(np.uint32)
         self.psi_inv_rev_shoup32 = self.psi_inv_rev_shoup.astype(np.uint32)
+
+    # -- parallel execution -------------------------------------------------------------------
+    @cached_property
+    def pool(self) -> ThreadPoolExecutor:
+        return ThreadPoolExecutor(max_workers=self.threads, thread_name_prefix="hecnn")
+
+    def parallel(self, count: int, fn: Callable[[int, int], None], *, work: int = 0) -> None:
+        """Run fn(lo, hi) over [0, count) split into ``threads`` contiguous parts.
+
+        ``work`` (elements touched) below a threshold, or a single item, runs inline.
+        """
+        parts = min(self.threads, count)
+        if parts <= 1 or (work and work < _MIN_PARALLEL_ELEMENTS):
+            fn(0, count)
+            return
+        bounds = [count * i // parts for i in range(parts + 1)]
+        futures = [self.pool.submit(fn, bounds[i], bounds[i + 1]) for i in range(1, parts)]
+        fn(bounds[0], bounds[1])
+        for f in futures:
+            f.result()
+
+    def _rowwise(self, kernel, arrays: list[np.ndarray], mod_idx: np.ndarray, *extra) -> None:
+        """kernel(*[a[lo:hi] for a in arrays], mod_idx[lo:hi], *extra) over row slices."""
+        rows = arrays[0].shape[0]
+
+        def part(lo: int, hi: int) -> None:
+            kernel(*[a[lo:hi] for a in arrays], mod_idx[lo:hi], *extra)
+
+        self.parallel(rows, part, work=arrays[0].size)
+
+    def __getstate__(self) -> dict:
+        state = self.__dict__.copy()
+        state.pop("pool", None)  # threads do not pickle; a copy makes its own
+        return state
 
     # -- limb bookkeeping ---------------------------------------------------------------------
     def data_idx(self, level: int) -> np.ndarray:
@@ -101,16 +154,22 @@ class CkksContext:
     def ntt(self, a: np.ndarray, idx: np.ndarray) -> np.ndarray:
         """In-place forward negacyclic NTT of every limb (coefficient → evaluation form)."""
         rows, mod_idx = self._rows(a, idx)
-        kernels.ntt_forward(
-            rows.view(np.uint32), mod_idx, self.primes, self.psi_rev32, self.psi_rev_shoup32
+        self._rowwise(
+            kernels.ntt_forward,
+            [rows.view(np.uint32)],
+            mod_idx,
+            self.primes,
+            self.psi_rev32,
+            self.psi_rev_shoup32,
         )
         return a
 
     def intt(self, a: np.ndarray, idx: np.ndarray) -> np.ndarray:
         """In-place inverse NTT (evaluation → coefficient form)."""
         rows, mod_idx = self._rows(a, idx)
-        kernels.ntt_inverse(
-            rows.view(np.uint32),
+        self._rowwise(
+            kernels.ntt_inverse,
+            [rows.view(np.uint32)],
             mod_idx,
             self.primes,
             self.psi_inv_rev32,
@@ -124,48 +183,53 @@ class CkksContext:
     def add(self, a: np.ndarray, b: np.ndarray, idx: np.ndarray, out: np.ndarray | None = None):
         out = np.empty_like(a) if out is None else out
         ra, mi = self._rows(a, idx)
-        kernels.add_mod(ra, self._rows(b, idx)[0], self._rows(out, idx)[0], mi, self.primes)
+        self._rowwise(
+            kernels.add_mod, [ra, self._rows(b, idx)[0], self._rows(out, idx)[0]], mi, self.primes
+        )
         return out
 
     def sub(self, a: np.ndarray, b: np.ndarray, idx: np.ndarray, out: np.ndarray | None = None):
         out = np.empty_like(a) if out is None else out
         ra, mi = self._rows(a, idx)
-        kernels.sub_mod(ra, self._rows(b, idx)[0], self._rows(out, idx)[0], mi, self.primes)
+        self._rowwise(
+            kernels.sub_mod, [ra, self._rows(b, idx)[0], self._rows(out, idx)[0]], mi, self.primes
+        )
         return out
 
     def mul(self, a: np.ndarray, b: np.ndarray, idx: np.ndarray, out: np.ndarray | None = None):
         out = np.empty_like(a) if out is None else out
         ra, mi = self._rows(a, idx)
-        kernels.mul_mod(ra, self._rows(b, idx)[0], self._rows(out, idx)[0], mi, self.primes)
+        self._rowwise(
+            kernels.mul_mod, [ra, self._rows(b, idx)[0], self._rows(out, idx)[0]], mi, self.primes
+        )
         return out
 
     def mul_add(self, a: np.ndarray, b: np.ndarray, acc: np.ndarray, idx: np.ndarray) -> None:
         """acc += a·b (mod q), in place."""
         ra, mi = self._rows(a, idx)
-        kernels.mul_add_mod(ra, self._rows(b, idx)[0], self._rows(acc, idx)[0], mi, self.primes)
+        self._rowwise(
+            kernels.mul_add_mod,
+            [ra, self._rows(b, idx)[0], self._rows(acc, idx)[0]],
+            mi,
+            self.primes,
+        )
 
     def mul_row_scalars(self, a: np.ndarray, s: np.ndarray, idx: np.ndarray) -> np.ndarray:
         """a·s mod q where s has shape a.shape[:-1] (one residue per row, already reduced)."""
         out = np.empty_like(a)
         ra, mi = self._rows(a, idx)
-        kernels.mul_scalar_mod(
-            ra,
-            np.ascontiguousarray(s, dtype=np.int64).reshape(-1),
-            self._rows(out, idx)[0],
-            mi,
-            self.primes,
+        s_rows = np.ascontiguousarray(s, dtype=np.int64).reshape(-1)
+        self._rowwise(
+            kernels.mul_scalar_mod, [ra, s_rows, self._rows(out, idx)[0]], mi, self.primes
         )
         return out
 
     def add_row_scalars(self, a: np.ndarray, s: np.ndarray, idx: np.ndarray) -> np.ndarray:
         out = np.empty_like(a)
         ra, mi = self._rows(a, idx)
-        kernels.add_scalar_mod(
-            ra,
-            np.ascontiguousarray(s, dtype=np.int64).reshape(-1),
-            self._rows(out, idx)[0],
-            mi,
-            self.primes,
+        s_rows = np.ascontiguousarray(s, dtype=np.int64).reshape(-1)
+        self._rowwise(
+            kernels.add_scalar_mod, [ra, s_rows, self._rows(out, idx)[0]], mi, self.primes
         )
         return out
 
@@ -213,17 +277,31 @@ class CkksContext:
         big_mod = np.array([big % int(self.primes[t]) for t in dst], dtype=np.int64)
         npoly = x.shape[0]
         out = np.empty((npoly, len(dst), self.n), dtype=np.int32)
-        kernels.base_convert(
-            np.ascontiguousarray(x),
-            np.asarray(src, dtype=np.int64),
-            np.asarray(dst, dtype=np.int64),
-            self.primes,
-            qhat_inv,
-            qhat_mod,
-            big_mod,
-            exact,
-            out,
-        )
+        xc = np.ascontiguousarray(x)
+        src_a, dst_a = np.asarray(src, dtype=np.int64), np.asarray(dst, dtype=np.int64)
+
+        def part(lo: int, hi: int) -> None:
+            kernels.base_convert(
+                xc[lo:hi], src_a, dst_a, self.primes, qhat_inv, qhat_mod, big_mod, exact, out[lo:hi]
+            )
+
+        self.parallel(npoly, part, work=out.size)
+        return out
+
+    def mul_broadcast(
+        self, a: np.ndarray, b: np.ndarray, idx: np.ndarray, acc: np.ndarray | None = None
+    ) -> np.ndarray:
+        """a (P, limbs, N) · b (limbs, N) mod q, b shared by all P; added into ``acc`` if given."""
+        a = np.ascontiguousarray(a)
+        b = np.ascontiguousarray(b)
+        mod_idx = np.asarray(idx, dtype=np.int64)
+        out = np.empty_like(a) if acc is None else acc
+        kernel = kernels.mul_bcast if acc is None else kernels.mul_add_bcast
+
+        def part(lo: int, hi: int) -> None:
+            kernel(a[lo:hi], b, out[lo:hi], mod_idx, self.primes)
+
+        self.parallel(a.shape[0], part, work=a.size)
         return out
 
     @cached_property

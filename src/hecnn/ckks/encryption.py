@@ -91,17 +91,7 @@ def encrypt(
 
 def _mul_b(ctx: CkksContext, a: np.ndarray, b: np.ndarray, idx: np.ndarray) -> np.ndarray:
     """a (P, limbs, N) · b (limbs, N) broadcast over P."""
-    from hecnn.ckks import kernels
-
-    out = np.empty_like(a)
-    kernels.mul_bcast(
-        np.ascontiguousarray(a),
-        np.ascontiguousarray(b),
-        out,
-        np.asarray(idx, dtype=np.int64),
-        ctx.primes,
-    )
-    return out
+    return ctx.mul_broadcast(a, b, idx)
 
 
 def decrypt_raw(ctx: CkksContext, batch: CiphertextBatch, sk: SecretKey) -> np.ndarray:

@@ -7,6 +7,10 @@ per-prime tables). Values are kept fully reduced in [0, q). Products of two resi
 memory traffic of these bandwidth-bound loops and lets LLVM vectorize the 32×32→64-bit products
 (AVX2 has no 64-bit multiply or int64↔double conversion, so int64 storage runs scalar).
 
+Kernels are serial and release the GIL: :class:`~hecnn.ckks.context.CkksContext` runs them on
+slices of rows from a small thread pool. (numba's own parallel loops spin-wait in OpenMP and
+fight OpenBLAS's threads — 20–60× slower on a busy 2-core machine — so we don't use them.)
+
 Hardware division is slow and does not vectorize, so no kernel divides:
 - by a fixed operand w (NTT twiddles), Shoup's trick: with w' = ⌊w·2^32/q⌋ precomputed,
   x·w mod q = x·w − ⌊x·w'/2^32⌋·q − {0 or q};
@@ -110,7 +114,7 @@ def _scale_shoup(x, q, w, wp):
         x[j] = min(v, np.uint32(v - q))
 
 
-@nb.njit(parallel=True, cache=True)
+@nb.njit(nogil=True, cache=True)
 def ntt_forward(a, mod_idx, primes, psi_rev, psi_rev_shoup):
     """In-place negacyclic NTT of each row (Cooley–Tukey, bit-reversed output order).
 
@@ -124,7 +128,7 @@ def ntt_forward(a, mod_idx, primes, psi_rev, psi_rev_shoup):
     √N/2 and every run vectorizes.
     """
     rows, n = a.shape
-    for r in nb.prange(rows):
+    for r in range(rows):
         p = mod_idx[r]
         q = np.uint32(primes[p])
         tw = psi_rev[p]
@@ -152,11 +156,11 @@ def ntt_forward(a, mod_idx, primes, psi_rev, psi_rev_shoup):
             m <<= 1
 
 
-@nb.njit(parallel=True, cache=True)
+@nb.njit(nogil=True, cache=True)
 def ntt_inverse(a, mod_idx, primes, psi_inv_rev, psi_inv_rev_shoup, n_inv, n_inv_shoup):
     """In-place inverse of :func:`ntt_forward` (Gentleman–Sande), including the 1/N factor."""
     rows, n = a.shape
-    for r in nb.prange(rows):
+    for r in range(rows):
         p = mod_idx[r]
         q = np.uint32(primes[p])
         tw = psi_inv_rev[p]
@@ -203,33 +207,33 @@ def _addmod(a, b, q):
     return r + (q & (r >> 63))
 
 
-@nb.njit(parallel=True, cache=True)
+@nb.njit(nogil=True, cache=True)
 def mul_mod(a, b, out, mod_idx, primes):
     """out = a·b mod q row-wise (int64, shape (rows, N))."""
     rows, n = a.shape
-    for r in nb.prange(rows):
+    for r in range(rows):
         q = np.int64(primes[mod_idx[r]])
         qinv = 1.0 / np.float64(q)
         for j in range(n):
             out[r, j] = _mulmod(a[r, j], b[r, j], q, qinv)
 
 
-@nb.njit(parallel=True, cache=True)
+@nb.njit(nogil=True, cache=True)
 def mul_add_mod(a, b, acc, mod_idx, primes):
     """acc = acc + a·b mod q row-wise."""
     rows, n = a.shape
-    for r in nb.prange(rows):
+    for r in range(rows):
         q = np.int64(primes[mod_idx[r]])
         qinv = 1.0 / np.float64(q)
         for j in range(n):
             acc[r, j] = _addmod(acc[r, j], _mulmod(a[r, j], b[r, j], q, qinv), q)
 
 
-@nb.njit(parallel=True, cache=True)
+@nb.njit(nogil=True, cache=True)
 def mul_scalar_mod(a, s, out, mod_idx, primes):
     """out[r] = a[r]·s[r] mod q (s: one residue per row)."""
     rows, n = a.shape
-    for r in nb.prange(rows):
+    for r in range(rows):
         q = np.int64(primes[mod_idx[r]])
         qinv = 1.0 / np.float64(q)
         w = s[r]
@@ -237,40 +241,40 @@ def mul_scalar_mod(a, s, out, mod_idx, primes):
             out[r, j] = _mulmod(a[r, j], w, q, qinv)
 
 
-@nb.njit(parallel=True, cache=True)
+@nb.njit(nogil=True, cache=True)
 def add_mod(a, b, out, mod_idx, primes):
     rows, n = a.shape
-    for r in nb.prange(rows):
+    for r in range(rows):
         q = np.int64(primes[mod_idx[r]])
         for j in range(n):
             out[r, j] = _addmod(a[r, j], b[r, j], q)
 
 
-@nb.njit(parallel=True, cache=True)
+@nb.njit(nogil=True, cache=True)
 def sub_mod(a, b, out, mod_idx, primes):
     rows, n = a.shape
-    for r in nb.prange(rows):
+    for r in range(rows):
         q = np.int64(primes[mod_idx[r]])
         for j in range(n):
             out[r, j] = _addmod(a[r, j], q - np.int64(b[r, j]), q)
 
 
-@nb.njit(parallel=True, cache=True)
+@nb.njit(nogil=True, cache=True)
 def add_scalar_mod(a, s, out, mod_idx, primes):
     """out[r] = a[r] + s[r] mod q (s reduced, one residue per row)."""
     rows, n = a.shape
-    for r in nb.prange(rows):
+    for r in range(rows):
         q = np.int64(primes[mod_idx[r]])
         c = s[r]
         for j in range(n):
             out[r, j] = _addmod(a[r, j], c, q)
 
 
-@nb.njit(parallel=True, cache=True)
+@nb.njit(nogil=True, cache=True)
 def mul_bcast(a, b, out, mod_idx, primes):
     """out[p, r] = a[p, r]·b[r] mod q_r: a (P, R, N), b (R, N) shared by every p."""
     npoly, rows, n = a.shape
-    for idx in nb.prange(npoly * rows):
+    for idx in range(npoly * rows):
         p = idx // rows
         r = idx % rows
         q = np.int64(primes[mod_idx[r]])
@@ -279,11 +283,11 @@ def mul_bcast(a, b, out, mod_idx, primes):
             out[p, r, j] = _mulmod(a[p, r, j], b[r, j], q, qinv)
 
 
-@nb.njit(parallel=True, cache=True)
+@nb.njit(nogil=True, cache=True)
 def mul_add_bcast(a, b, acc, mod_idx, primes):
     """acc[p, r] += a[p, r]·b[r] mod q_r: a (P, R, N), b (R, N) shared by every p."""
     npoly, rows, n = a.shape
-    for idx in nb.prange(npoly * rows):
+    for idx in range(npoly * rows):
         p = idx // rows
         r = idx % rows
         q = np.int64(primes[mod_idx[r]])
@@ -292,7 +296,7 @@ def mul_add_bcast(a, b, acc, mod_idx, primes):
             acc[p, r, j] = _addmod(acc[p, r, j], _mulmod(a[p, r, j], b[r, j], q, qinv), q)
 
 
-@nb.njit(parallel=True, cache=True)
+@nb.njit(nogil=True, cache=True)
 def base_convert(x, src_idx, dst_idx, primes, qhat_inv, qhat_mod, big_mod, exact, out):
     """Fast RNS base conversion (approximate: adds a small multiple of the source modulus B).
 
@@ -306,7 +310,7 @@ def base_convert(x, src_idx, dst_idx, primes, qhat_inv, qhat_mod, big_mod, exact
     """
     npoly, k, n = x.shape
     m = dst_idx.shape[0]
-    for p in nb.prange(npoly):
+    for p in range(npoly):
         y = np.empty((k, n), dtype=np.int32)
         for i in range(k):
             qi = np.int64(primes[src_idx[i]])
@@ -335,7 +339,7 @@ def base_convert(x, src_idx, dst_idx, primes, qhat_inv, qhat_mod, big_mod, exact
                     row[j] = _addmod(row[j], qt - _mulmod(u, bt, qt, qtinv), qt)
 
 
-@nb.njit(parallel=True, cache=True)
+@nb.njit(nogil=True, cache=True)
 def gather_centered(x, rows, comp, limb, q, out):
     """out[i, :] = centered float of x[rows[i], comp, limb, :]; rows < 0 give zero rows.
 
@@ -346,7 +350,7 @@ def gather_centered(x, rows, comp, limb, q, out):
     n = x.shape[3]
     half = q // 2
     qf = np.float64(q)
-    for i in nb.prange(k):
+    for i in range(k):
         r = rows[i]
         if r < 0:
             for j in range(n):
@@ -357,7 +361,7 @@ def gather_centered(x, rows, comp, limb, q, out):
             out[i, j] = np.float64(v) - qf if v > half else np.float64(v)
 
 
-@nb.njit(parallel=True, cache=True)
+@nb.njit(nogil=True, cache=True)
 def reduce_digit_products(z, digit_mul, q, out, comp, limb, out_rows):
     """out[out_rows[o], comp, limb, :] = Σ_t z[t, o, :]·digit_mul[t] mod q.
 
@@ -366,7 +370,7 @@ def reduce_digit_products(z, digit_mul, q, out, comp, limb, out_rows):
     """
     chunks, outs, n = z.shape
     qinv = 1.0 / np.float64(q)
-    for o in nb.prange(outs):
+    for o in range(outs):
         orow = out_rows[o]
         for j in range(n):
             acc = np.int64(0)

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import numpy as np
 
-from hecnn.ckks import kernels
 from hecnn.ckks.context import CkksContext
 from hecnn.ckks.keys import SwitchingKey, digits
 from hecnn.errors import ParameterError
@@ -35,7 +34,6 @@ def key_switch(
     key_limbs = np.concatenate([np.arange(nq), np.arange(ctx.num_data, len(ctx.primes))])
     acc = np.zeros((2, npoly, nqp, ctx.n), dtype=np.int32)
     ext = np.empty((npoly, nqp, ctx.n), dtype=np.int32)
-    primes = ctx.primes
     mod_idx = idx_qp
     for j, grp in enumerate(digits(ctx.params, level)):
         others = np.setdiff1d(np.arange(nqp), grp)  # positions in Q_ℓ·P other than the digit
@@ -45,13 +43,7 @@ def key_switch(
         ext[:, grp] = d[:, grp]
         kj = key.data[j][:, key_limbs]
         for c in range(2):
-            kernels.mul_add_bcast(
-                ext,
-                np.ascontiguousarray(kj[c]),
-                acc[c],
-                mod_idx,
-                primes,
-            )
+            ctx.mul_broadcast(ext, kj[c], mod_idx, acc=acc[c])
     return mod_down(ctx, acc[0], level), mod_down(ctx, acc[1], level)
 
 

@@ -12,6 +12,10 @@ matrix is stored in block floating point: W̃ = Ŵ·2^s with Ŵ keeping ``max_di
 significant bits relative to the largest weight (≥ 2^−25 for a 576-input layer) — far below the
 CKKS noise — and the factor 2^s folded into the digit weights.
 
+Parallelism: the (component, limb) column blocks are independent; each worker thread takes a
+share of them with single-threaded BLAS (two thread pools spinning against each other on two
+cores cost more than they bring).
+
 A convolution is a :class:`BlockSparseWeights`: one dense block per output position holding only
 the kernel taps that touch the image, so no dense im2col matrix is ever built.
 """
@@ -22,6 +26,7 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
+from threadpoolctl import threadpool_limits
 
 from hecnn.ckks import kernels
 from hecnn.ckks.batch import CiphertextBatch
@@ -196,27 +201,41 @@ def linear_combination(
         (float(np.max(np.abs(blk.weights))) for blk in sw.blocks if blk.weights.size), default=0
     )
     s = weight_exponent(maxabs * delta_w, b, max_digits)
-    buf = np.empty((maxk, n), dtype=np.float64)
+    encoded = []
     for blk in sw.blocks:
-        k = len(blk.in_idx)
-        if k == 0:
+        if len(blk.in_idx) == 0:
             continue
         planes = digit_planes(blk.weights * delta_w, b, s, max_digits)
         nplanes, nout = planes.shape[0], len(blk.out_idx)
-        stacked = np.ascontiguousarray(planes.reshape(nplanes * nout, k))  # one GEMM, all planes
-        rows = np.ascontiguousarray(blk.in_idx, dtype=np.int64)
-        out_rows = np.ascontiguousarray(blk.out_idx, dtype=np.int64)
-        z = np.empty((nplanes * nout, n), dtype=np.float64)
-        xb = buf[:k]
-        for li in range(limbs):
+        encoded.append(
+            (
+                np.ascontiguousarray(planes.reshape(nplanes * nout, -1)),  # one GEMM, all planes
+                np.ascontiguousarray(blk.in_idx, dtype=np.int64),
+                np.ascontiguousarray(blk.out_idx, dtype=np.int64),
+                nplanes,
+            )
+        )
+    maxout = max((e[0].shape[0] for e in encoded), default=1)
+    jobs = [(li, c) for li in range(limbs) for c in range(comps)]
+
+    def work(lo: int, hi: int) -> None:
+        # each worker owns its buffers; BLAS runs single-threaded inside (see module doc)
+        xbuf = np.empty((maxk, n), dtype=np.float64)
+        zbuf = np.empty((maxout, n), dtype=np.float64)
+        for li, c in jobs[lo:hi]:
             q = int(ctx.primes[li])
-            mul = np.array([pow(2, b * t + s, q) for t in range(nplanes)], dtype=np.int64)
-            for c in range(comps):
+            for stacked, rows, out_rows, nplanes in encoded:
+                xb = xbuf[: len(rows)]
+                z = zbuf[: stacked.shape[0]]
                 kernels.gather_centered(x, rows, c, li, np.int64(q), xb)
                 np.matmul(stacked, xb, out=z)
+                mul = np.array([pow(2, b * t + s, q) for t in range(nplanes)], dtype=np.int64)
                 kernels.reduce_digit_products(
-                    z.reshape(nplanes, nout, n), mul, np.int64(q), out, c, li, out_rows
+                    z.reshape(nplanes, len(out_rows), n), mul, np.int64(q), out, c, li, out_rows
                 )
+
+    with threadpool_limits(1, user_api="blas"):
+        ctx.parallel(len(jobs), work)
     result = CiphertextBatch(ctx, out, batch.scale * delta_w)
     if bias is not None:
         bvec = np.asarray(bias, dtype=np.float64)

@@ -1,0 +1,83 @@
+"""``hecnn.compile``: a trained ``nn.Module`` → an HE :class:`Plan` for batch packing."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import nn
+
+from hecnn.compile.ir import Plan, PolyNode
+from hecnn.compile.levels import (
+    assign_levels,
+    choose_parameters,
+    input_node,
+    plan_relinearization,
+    relative_depths,
+)
+from hecnn.compile.passes import block_weights, fold_leading_coefficients, merge_affine
+from hecnn.compile.trace import trace
+from hecnn.errors import ShapeError
+
+#: headroom on the largest calibrated output when sizing the base modulus
+OUTPUT_MARGIN = 4.0
+DEFAULT_OUTPUT_BOUND = 64.0
+
+
+def compile_model(
+    model: nn.Module,
+    input_shape: tuple[int, ...],
+    *,
+    batch: int = 8192,
+    calib: torch.Tensor | np.ndarray | None = None,
+    scale_bits: int | None = None,
+    fold_leading: bool = True,
+    insecure_ring_for_tests: int | None = None,
+) -> Plan:
+    """Trace, fold and level ``model`` for encrypted inference on ``batch`` images at once.
+
+    ``calib`` (a few real inputs) sizes the base modulus from the largest output and checks the
+    polynomial activations' recorded input ranges. ``insecure_ring_for_tests`` forces a small
+    ring degree below 128-bit security — unit tests only.
+    """
+    input_shape = tuple(int(s) for s in input_shape)
+    if batch < 1:
+        raise ShapeError(f"batch must be ≥ 1, got {batch}")
+    nodes, output = trace(model, input_shape)
+    nodes = merge_affine(nodes, output)
+    if fold_leading:
+        nodes = fold_leading_coefficients(nodes, output)
+    plan_relinearization(nodes, output)
+    depth = max(relative_depths(nodes).values())
+    bound = DEFAULT_OUTPUT_BOUND
+    warnings: list[str] = []
+    if calib is not None:
+        x = torch.as_tensor(np.asarray(calib), dtype=torch.float32)
+        if tuple(x.shape[1:]) != input_shape:
+            raise ShapeError(f"calibration inputs have shape {tuple(x.shape[1:])}, not {input_shape}")
+        with torch.no_grad():
+            out = model.eval()(x)
+        bound = float(out.abs().max()) * OUTPUT_MARGIN
+    params = choose_parameters(
+        depth, batch, bound, scale_bits=scale_bits, insecure_ring=insecure_ring_for_tests
+    )
+    assign_levels(nodes, params.max_level)
+    input_node(nodes)
+    for n in nodes:
+        if isinstance(n, PolyNode) and n.valid_range and n.input_range:
+            lo, hi = n.input_range
+            vlo, vhi = n.valid_range
+            if lo < vlo or hi > vhi:
+                warnings.append(
+                    f"{n.source}: inputs seen in training span [{lo:.2f}, {hi:.2f}], beyond the "
+                    f"polynomial's valid range [{vlo:.2f}, {vhi:.2f}]"
+                )
+    nodes = block_weights(nodes)
+    return Plan(
+        nodes=nodes,
+        output=output,
+        params=params,
+        input_shape=input_shape,
+        batch=batch,
+        model_name=type(model).__name__,
+        warnings=warnings,
+    )

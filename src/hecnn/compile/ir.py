@@ -1,0 +1,190 @@
+"""The HE plan: a small dataflow graph over *features* (one ciphertext per feature).
+
+With "slot = image" packing every node transforms a vector of ciphertexts — feature f of all B
+images lives in ciphertext f — so a whole network is four kinds of node:
+
+- :class:`AffineNode` — y = W x + b with W a sparse (out × in) matrix stored as dense blocks
+  (a convolution, a linear layer, average pooling, batch-norm and flatten all fold into it);
+- :class:`PolyNode` — y_f = p_f(x_f), one polynomial per feature (layer-, channel- or
+  element-wise coefficients all become per-feature rows);
+- :class:`AddNode` and :class:`ConcatNode` for residual adds and Fire modules.
+
+A :class:`Plan` is a plain value: nodes in topological order, CKKS parameters, levels. It holds
+no keys and no ciphertexts.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from hecnn.ckks.linear import BlockSparseWeights
+from hecnn.ckks.params import CkksParameters
+
+
+@dataclass
+class Node:
+    name: str
+    inputs: tuple[str, ...]
+    shape: tuple[int, ...]  # output feature shape (without the batch axis)
+    level_in: int = -1
+    level_out: int = -1
+    relin_after: bool = False  # relinearize this node's output (else lazily downstream)
+    source: str = ""  # the torch module/function it came from, for messages and summaries
+
+    @property
+    def features(self) -> int:
+        return int(np.prod(self.shape))
+
+    @property
+    def depth(self) -> int:
+        return 0
+
+
+@dataclass
+class InputNode(Node):
+    pass
+
+
+@dataclass
+class AffineNode(Node):
+    weights: BlockSparseWeights | None = None
+    bias: np.ndarray | None = None
+    matrix: object = None  # scipy sparse (out × in) while compiling; blocked into ``weights``
+
+    @property
+    def depth(self) -> int:
+        return 1
+
+    @property
+    def macs(self) -> int:
+        return self.weights.nnz
+
+
+@dataclass
+class PolyNode(Node):
+    coeffs: np.ndarray | None = None  # (degree + 1, features), ascending powers
+    fold_leading: bool = False  # output is p/c_d; c_d is folded into the consumer
+    input_range: tuple[float, float] | None = None
+    valid_range: tuple[float, float] | None = None
+
+    @property
+    def degree(self) -> int:
+        return self.coeffs.shape[0] - 1
+
+    @property
+    def depth(self) -> int:
+        from hecnn.compile.polyeval import schedule
+
+        return schedule(self.coeffs, self.fold_leading).depth
+
+
+@dataclass
+class AddNode(Node):
+    pass
+
+
+@dataclass
+class ConcatNode(Node):
+    pass
+
+
+@dataclass
+class Plan:
+    """A compiled network: nodes (topological order), output node, CKKS parameters."""
+
+    nodes: list[Node]
+    output: str
+    params: CkksParameters
+    input_shape: tuple[int, ...]
+    batch: int
+    model_name: str = ""
+    warnings: list[str] = field(default_factory=list)
+
+    def node(self, name: str) -> Node:
+        for n in self.nodes:
+            if n.name == name:
+                return n
+        raise KeyError(name)
+
+    @property
+    def levels(self) -> int:
+        """Multiplicative depth the plan consumes."""
+        return self.params.max_level - self.node(self.output).level_out
+
+    @property
+    def num_classes(self) -> int:
+        return self.node(self.output).features
+
+    def relinearizations(self) -> dict[str, int]:
+        """Ciphertexts relinearized per node (key switches; the dominant cost)."""
+        from hecnn.compile.polyeval import schedule
+
+        out: dict[str, int] = {}
+        for n in self.nodes:
+            count = 0
+            if isinstance(n, PolyNode):
+                count = schedule(n.coeffs, n.fold_leading).relinearized_powers * n.features
+            if n.relin_after:
+                count += n.features
+            out[n.name] = count
+        return out
+
+    def memory_estimate(self) -> int:
+        """Peak bytes of ciphertext data (largest live pair of layers, 3 components), int32."""
+        n = self.params.n
+        peak = 0
+        for nd in self.nodes:
+            limbs = max(nd.level_in, 0) + 1
+            ins = sum(self.node(i).features for i in nd.inputs) if nd.inputs else nd.features
+            live = (ins + nd.features) * 3 * limbs * n * 4
+            peak = max(peak, live)
+        return peak
+
+    def summary(self) -> str:
+        """Per node: kind, ciphertexts, MACs, relinearizations, levels; totals and parameters."""
+        from rich.console import Console
+        from rich.table import Table
+
+        relins = self.relinearizations()
+        table = Table(title=f"HE plan {self.model_name} — batch {self.batch}")
+        for col in ("node", "op", "cts out", "ct MACs", "relins", "level in→out"):
+            table.add_column(col, justify="left" if col in ("node", "op") else "right")
+        for nd in self.nodes:
+            if isinstance(nd, AffineNode):
+                op, macs = f"affine ({nd.source})", f"{nd.macs:,}"
+            elif isinstance(nd, PolyNode):
+                fold = ", lead folded" if nd.fold_leading else ""
+                op, macs = f"poly deg {nd.degree}{fold} ({nd.source})", "—"
+            else:
+                op, macs = type(nd).__name__.removesuffix("Node").lower(), "—"
+            table.add_row(
+                nd.name, op, f"{nd.features:,}", macs, f"{relins[nd.name]:,}",
+                f"{nd.level_in}→{nd.level_out}",
+            )
+        total_macs = sum(n.macs for n in self.nodes if isinstance(n, AffineNode))
+        console = Console(width=120, record=True)
+        with console.capture():
+            console.print(table)
+        p = self.params
+        lines = [
+            console.export_text(),
+            f"totals: {total_macs:,} ciphertext MACs, {sum(relins.values()):,} relinearizations, "
+            f"depth {self.levels}",
+            f"CKKS: {p.describe()}",
+            f"memory estimate: {self.memory_estimate() / 2**30:.2f} GiB of ciphertexts at peak",
+        ]
+        lines += [f"warning: {w}" for w in self.warnings]
+        return "\n".join(lines)
+
+    def __repr__(self) -> str:
+        return (
+            f"Plan({self.model_name!r}, {len(self.nodes)} nodes, depth {self.levels}, "
+            f"N={self.params.n}, batch {self.batch})"
+        )
+
+
+def log2_ceil(x: float) -> int:
+    return max(0, math.ceil(math.log2(max(x, 1e-300))))

@@ -1,0 +1,201 @@
+"""torch.fx graph → raw plan nodes, one per supported operation.
+
+Every linear operation becomes an :class:`AffineNode` holding a scipy sparse matrix over the
+flattened (C, H, W) features (row-major, the order of ``torch.flatten``); later passes merge and
+block them. Reshapes, Flatten, Dropout and Identity become aliases. Anything else raises
+:class:`UnsupportedLayerError` naming the operation and the node.
+"""
+
+from __future__ import annotations
+
+import operator
+
+import numpy as np
+import scipy.sparse as sp
+import torch
+import torch.fx
+from torch import nn
+from torch.fx.passes.shape_prop import ShapeProp
+
+from hecnn.ckks.linear import BlockSparseWeights
+from hecnn.compile.ir import AddNode, AffineNode, ConcatNode, InputNode, Node, PolyNode
+from hecnn.errors import UnsupportedLayerError
+from hecnn.nn.activations import PolyActivation
+
+_ALIAS_MODULES = (nn.Flatten, nn.Dropout, nn.Identity)
+
+
+class _Tracer(torch.fx.Tracer):
+    """Keeps polynomial activations as single leaf nodes."""
+
+    def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
+        return isinstance(m, PolyActivation) or super().is_leaf_module(m, qualname)
+
+
+def _csr(bs: BlockSparseWeights) -> sp.csr_matrix:
+    rows, cols, vals = [], [], []
+    for b in bs.blocks:
+        r, c = np.meshgrid(b.out_idx, b.in_idx, indexing="ij")
+        rows.append(r.ravel())
+        cols.append(c.ravel())
+        vals.append(b.weights.ravel())
+    return sp.csr_matrix(
+        (np.concatenate(vals), (np.concatenate(rows), np.concatenate(cols))),
+        shape=(bs.out_features, bs.in_features),
+    )
+
+
+def _pair(v) -> tuple[int, int]:
+    return (v, v) if isinstance(v, int) else tuple(v)
+
+
+def _conv(m: nn.Conv2d, in_shape) -> tuple[sp.csr_matrix, np.ndarray]:
+    if _pair(m.dilation) != (1, 1):
+        raise UnsupportedLayerError(f"Conv2d with dilation {m.dilation} is not supported")
+    if m.padding_mode != "zeros" or isinstance(m.padding, str) and m.padding != "valid":
+        if m.padding != "same" or m.padding_mode != "zeros":
+            raise UnsupportedLayerError(f"Conv2d padding {m.padding!r}/{m.padding_mode}")
+    pad = m.padding
+    if pad == "valid":
+        pad = (0, 0)
+    elif pad == "same":
+        pad = (m.kernel_size[0] // 2, m.kernel_size[1] // 2)
+    bs = BlockSparseWeights.conv2d(
+        m.weight.detach().double().numpy(), tuple(in_shape), stride=_pair(m.stride),
+        padding=_pair(pad), groups=m.groups,
+    )
+    out_positions = bs.out_features // m.out_channels
+    bias = m.bias.detach().double().numpy() if m.bias is not None else np.zeros(m.out_channels)
+    return _csr(bs), np.repeat(bias, out_positions)
+
+
+def _avgpool(in_shape, kernel, stride, padding) -> sp.csr_matrix:
+    c = in_shape[0]
+    kh, kw = _pair(kernel)
+    w = np.zeros((c, 1, kh, kw))
+    w[:] = 1.0 / (kh * kw)  # count_include_pad=True (torch's default)
+    bs = BlockSparseWeights.conv2d(w, tuple(in_shape), stride=_pair(stride), padding=_pair(padding), groups=c)
+    return _csr(bs)
+
+
+def _batchnorm(m: nn.modules.batchnorm._BatchNorm, in_shape) -> tuple[sp.csr_matrix, np.ndarray]:
+    var = m.running_var.detach().double().numpy()
+    mean = m.running_mean.detach().double().numpy()
+    gamma = m.weight.detach().double().numpy() if m.affine else np.ones_like(var)
+    beta = m.bias.detach().double().numpy() if m.affine else np.zeros_like(var)
+    scale = gamma / np.sqrt(var + m.eps)
+    shift = beta - mean * scale
+    per = int(np.prod(in_shape[1:])) if len(in_shape) > 1 else 1
+    return sp.diags(np.repeat(scale, per)).tocsr(), np.repeat(shift, per)
+
+
+def _poly_coeffs(m: PolyActivation, shape) -> np.ndarray:
+    c = m.coefficients().detach().double().numpy()
+    deg = c.shape[0] - 1
+    feats = int(np.prod(shape))
+    if c.ndim == 1:
+        return np.repeat(c[:, None], feats, axis=1)
+    if m.granularity == "channel" or c.ndim == 2:
+        per = feats // c.shape[1]
+        return np.repeat(c, per, axis=1)
+    return c.reshape(deg + 1, feats)
+
+
+def trace(model: nn.Module, input_shape: tuple[int, ...]) -> tuple[list[Node], str]:
+    """Raw nodes (topological order) and the output node's name."""
+    model = model.eval()
+    try:
+        gm = torch.fx.GraphModule(model, _Tracer().trace(model))
+    except Exception as exc:  # fx raises many kinds of errors for untraceable code
+        raise UnsupportedLayerError(f"torch.fx could not trace the model: {exc}") from exc
+    with torch.no_grad():
+        ShapeProp(gm).propagate(torch.zeros((1, *input_shape), dtype=torch.float32))
+    modules = dict(gm.named_modules())
+    nodes: list[Node] = []
+    alias: dict[str, str] = {}
+    output = ""
+
+    def shape_of(n: torch.fx.Node) -> tuple[int, ...]:
+        return tuple(n.meta["tensor_meta"].shape[1:])
+
+    def src(n: torch.fx.Node) -> str:
+        return alias.get(n.name, n.name)
+
+    for n in gm.graph.nodes:
+        where = f"node {n.name!r} ({n.op} {n.target})"
+        if n.op == "placeholder":
+            nodes.append(InputNode(n.name, (), tuple(input_shape), source="input"))
+            continue
+        if n.op == "output":
+            output = src(n.args[0])
+            continue
+        if n.op == "get_attr":
+            raise UnsupportedLayerError(f"{where}: tensors used directly in forward are not supported")
+        ins = [a for a in n.args if isinstance(a, torch.fx.Node)]
+        in_shape = shape_of(ins[0]) if ins else ()
+        out_shape = shape_of(n)
+        if n.op == "call_module":
+            m = modules[n.target]
+            name = f"{type(m).__name__} {n.target}"
+            if isinstance(m, _ALIAS_MODULES):
+                alias[n.name] = src(ins[0])
+                continue
+            if isinstance(m, PolyActivation):
+                rng = None
+                if torch.isfinite(m.range_min) and torch.isfinite(m.range_max):
+                    rng = (float(m.range_min), float(m.range_max))
+                nodes.append(PolyNode(n.name, (src(ins[0]),), out_shape, source=name,
+                                      coeffs=_poly_coeffs(m, out_shape), input_range=rng,
+                                      valid_range=getattr(m, "valid_range", None)))
+                continue
+            if isinstance(m, nn.Conv2d):
+                mat, bias = _conv(m, in_shape)
+            elif isinstance(m, nn.Linear):
+                mat = sp.csr_matrix(m.weight.detach().double().numpy())
+                bias = m.bias.detach().double().numpy() if m.bias is not None else np.zeros(m.out_features)
+            elif isinstance(m, (nn.BatchNorm2d, nn.BatchNorm1d)):
+                mat, bias = _batchnorm(m, in_shape)
+            elif isinstance(m, nn.AvgPool2d):
+                if m.ceil_mode or not m.count_include_pad:
+                    raise UnsupportedLayerError(f"{where}: AvgPool2d needs ceil_mode=False, count_include_pad=True")
+                mat, bias = _avgpool(in_shape, m.kernel_size, m.stride or m.kernel_size, m.padding), None
+            elif isinstance(m, nn.AdaptiveAvgPool2d):
+                if _pair(m.output_size) != (1, 1):
+                    raise UnsupportedLayerError(f"{where}: only global AdaptiveAvgPool2d(1) is supported")
+                mat, bias = _avgpool(in_shape, in_shape[1:], in_shape[1:], 0), None
+            else:
+                raise UnsupportedLayerError(
+                    f"{where}: {type(m).__name__} cannot be evaluated homomorphically "
+                    "(supported: Conv2d, Linear, BatchNorm, AvgPool2d, AdaptiveAvgPool2d(1), "
+                    "Flatten, Dropout, Identity, cat, residual add, hecnn.nn polynomial activations)"
+                )
+            nodes.append(AffineNode(n.name, (src(ins[0]),), out_shape, source=name))
+            nodes[-1].matrix = mat  # type: ignore[attr-defined]
+            nodes[-1].bias = np.zeros(mat.shape[0]) if bias is None else bias
+            continue
+        if n.op == "call_function" and n.target in (operator.add, torch.add):
+            if len(ins) != 2:
+                raise UnsupportedLayerError(f"{where}: only tensor + tensor additions are supported")
+            nodes.append(AddNode(n.name, (src(ins[0]), src(ins[1])), out_shape, source="add"))
+            continue
+        if n.op == "call_function" and n.target is torch.cat:
+            tensors = n.args[0]
+            dim = n.kwargs.get("dim", n.args[1] if len(n.args) > 1 else 0)
+            if dim not in (1, -3) and not (dim == -1 and len(out_shape) == 1):
+                raise UnsupportedLayerError(f"{where}: only channel concatenation (dim=1) is supported")
+            nodes.append(ConcatNode(n.name, tuple(src(t) for t in tensors), out_shape, source="cat"))
+            continue
+        if (n.op == "call_function" and n.target is torch.flatten) or (
+            n.op == "call_method" and n.target in ("flatten", "view", "reshape")
+        ):
+            if int(np.prod(out_shape)) != int(np.prod(in_shape)):
+                raise UnsupportedLayerError(f"{where}: reshape must keep the per-image size")
+            alias[n.name] = src(ins[0])
+            continue
+        if n.op == "call_method" and n.target == "size":
+            continue
+        raise UnsupportedLayerError(
+            f"{where}: operation {n.target} is not supported under encryption; use a polynomial "
+            "activation from hecnn.nn, or hecnn.approximate for ReLU/max-pool"
+        )
+    return nodes, output
