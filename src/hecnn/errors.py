@@ -29,7 +29,7 @@ class ScaleError(HecnnError):
     """Operand scales are incompatible, or a scale would overflow the remaining modulus."""
 
 
-class KeyError_(HecnnError, KeyError):
+class MissingKeyError(HecnnError, KeyError):
     """A required key (relinearization, Galois for a rotation step) is missing."""
 
     def __str__(self) -> str:  # KeyError quotes its message; we want it plain

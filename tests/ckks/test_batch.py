@@ -9,7 +9,14 @@ from hecnn.ckks.encoder import Encoder
 from hecnn.ckks.encryption import decrypt, encrypt
 from hecnn.ckks.keys import KeyGenerator
 from hecnn.ckks.params import CkksParameters
-from hecnn.errors import HecnnError, KeyError_, LevelError, ParameterError, ScaleError, ShapeError
+from hecnn.errors import (
+    HecnnError,
+    LevelError,
+    MissingKeyError,
+    ParameterError,
+    ScaleError,
+    ShapeError,
+)
 
 TOL = 1e-2  # scale 2^26, N=2^12: fresh noise ~1e-4, after a multiplication ~1e-3
 
@@ -96,7 +103,7 @@ def test_rotate(ctx, keys, rng, steps):
 def test_rotate_without_key_is_a_clear_error(ctx, keys, rng):
     _sk, pk, evk = keys
     c = encrypt(ctx, _x(rng, ctx=ctx), pk)
-    with pytest.raises(KeyError_, match="rotation by 3"):
+    with pytest.raises(MissingKeyError, match="rotation by 3"):
         c.rotate(3, evk)
 
 

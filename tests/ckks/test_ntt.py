@@ -25,7 +25,7 @@ def _random_residues(ctx, idx, seed, lead=()):
     g = np.random.default_rng(seed)
     return np.stack(
         [g.integers(0, int(ctx.primes[i]), (*lead, ctx.n)) for i in idx], axis=-2
-    ).astype(np.int64)
+    ).astype(np.int32)
 
 
 @settings(max_examples=20, deadline=None)
@@ -78,7 +78,7 @@ def test_base_conversion_is_exact_up_to_source_multiple(tiny):
     g = np.random.default_rng(0)
     vals = [int(v) for v in g.integers(0, 2**60, tiny.n)]
     vals = [v % big for v in vals]
-    x = np.array([[[v % qs[0] for v in vals], [v % qs[1] for v in vals]]], dtype=np.int64)
+    x = np.array([[[v % qs[0] for v in vals], [v % qs[1] for v in vals]]], dtype=np.int32)
     out = tiny.base_convert(x, src, dst)
     for t, qi in zip(range(2), qs[2:], strict=True):
         for j in range(0, tiny.n, 7):

@@ -21,7 +21,7 @@ import numpy as np
 from hecnn.ckks.context import CkksContext
 from hecnn.ckks.params import CkksParameters
 from hecnn.ckks.sampling import Prng
-from hecnn.errors import KeyError_, ParameterError
+from hecnn.errors import MissingKeyError, ParameterError
 
 
 @dataclass(frozen=True, eq=False)
@@ -61,13 +61,13 @@ class EvaluationKeys:
 
     def relin_key(self) -> SwitchingKey:
         if self.relin is None:
-            raise KeyError_("no relinearization key in these evaluation keys")
+            raise MissingKeyError("no relinearization key in these evaluation keys")
         return self.relin
 
     def galois_key(self, g: int, steps: int | None = None) -> SwitchingKey:
         if g not in self.galois:
             what = f"rotation by {steps}" if steps is not None else f"Galois element {g}"
-            raise KeyError_(f"no Galois key for {what}; generate it with rotations=[...]")
+            raise MissingKeyError(f"no Galois key for {what}; generate it with rotations=[...]")
         return self.galois[g]
 
 

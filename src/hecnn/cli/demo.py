@@ -1,9 +1,7 @@
-"""``hecnn demo``: the README's main job.
+"""``hecnn demo``: encrypted inference on a bundled model and bundled real MNIST test images.
 
-Until the compiler and runtime land, the demo exercises the CKKS core end to end at 128-bit
-security: key generation, batch encryption of N/2-slot vectors, an encrypted linear layer
-followed by a square activation (multiply, relinearize, rescale), decryption, and a comparison
-with the same computation in numpy.
+The README's main job. Client and server roles run in one process here, but the server step
+only ever sees the plan, the public evaluation keys and ciphertexts.
 """
 
 from __future__ import annotations
@@ -13,66 +11,105 @@ import time
 import numpy as np
 import typer
 from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from hecnn.cli.main import app
 
+DEFAULT_MODEL = "ishiyama_mnist_poly_element_kd"
+
 
 @app.command()
 def demo(
-    inputs: int = typer.Option(64, help="Input ciphertexts (features)."),
-    outputs: int = typer.Option(16, help="Output ciphertexts of the linear layer."),
-    quick: bool = typer.Option(False, "--quick", help="Fewer ciphertexts."),
+    model: str = typer.Option(DEFAULT_MODEL, help="Bundled model name."),
+    batch: int = typer.Option(0, help="Images per ciphertext batch (default: fill the slots)."),
+    quick: bool = typer.Option(False, "--quick", help="A smaller batch (same ring, same cost)."),
 ) -> None:
-    """Encrypted linear layer + square on a full batch of slots, checked against numpy."""
+    """Keygen → encrypt → encrypted inference → decrypt, checked against the plaintext model."""
+    import torch
+
     from hecnn.ckks.context import CkksContext
-    from hecnn.ckks.encryption import decrypt, encrypt
     from hecnn.ckks.keys import KeyGenerator
-    from hecnn.ckks.params import CkksParameters
+    from hecnn.compile import compile_model
+    from hecnn.nn import bundled
+    from hecnn.runtime import RunReport, decrypt_outputs, encrypt_images, run
 
     console = Console()
-    if quick:
-        inputs, outputs = 16, 4
     stages: list[tuple[str, float]] = []
-
-    def stage(name: str, t0: float) -> None:
-        stages.append((name, time.perf_counter() - t0))
+    images, labels = bundled.sample_images()
+    x_all = np.asarray(bundled.to_float(images), dtype=np.float32)
+    net = bundled.load_model(model)
 
     t0 = time.perf_counter()
-    params = CkksParameters.create(depth=3, scale_bits=28)
-    ctx = CkksContext(params)
+    probe = compile_model(net, x_all.shape[1:], batch=1, calib=x_all[:256])
+    slots = probe.params.slots
+    b = batch or (1024 if quick else slots)
+    b = min(b, slots)
+    plan = compile_model(net, x_all.shape[1:], batch=b, calib=x_all[:256])
+    stages.append(("compile", time.perf_counter() - t0))
+    reps = -(-b // len(x_all))
+    x = np.concatenate([x_all] * reps)[:b]
+    y = np.concatenate([labels] * reps)[:b]
+    console.print(plan.summary())
+    if b > len(x_all):
+        console.print(f"[dim]{len(x_all)} bundled test images, repeated to fill {b} slots[/dim]")
+
+    t0 = time.perf_counter()
+    ctx = CkksContext(plan.params)
     kg = KeyGenerator(ctx)
     sk = kg.secret_key()
     pk = kg.public_key(sk)
     evk = kg.evaluation_keys(sk)
-    stage("keygen", t0)
-    console.print(f"parameters: {params.describe()}")
+    stages.append(("keygen (client)", time.perf_counter() - t0))
+    t0 = time.perf_counter()
+    ct = encrypt_images(plan, ctx, pk, x)
+    stages.append((f"encrypt {len(ct)} ciphertexts (client)", time.perf_counter() - t0))
 
-    rng = np.random.default_rng()  # demo data only
-    x = rng.uniform(-1, 1, (inputs, params.slots))
-    w = rng.normal(size=(outputs, inputs)) / np.sqrt(inputs)
-    b = rng.normal(size=outputs) * 0.1
+    report = RunReport()
+    with Progress(
+        TextColumn("[bold]encrypted inference"),
+        BarColumn(),
+        TextColumn("{task.description}"),
+        TimeElapsedColumn(),
+        console=console,
+        transient=True,
+    ) as bar:
+        task = bar.add_task("", total=len(plan.nodes))
 
-    t0 = time.perf_counter()
-    ct = encrypt(ctx, x, pk)
-    stage(f"encrypt {inputs} ciphertexts", t0)
-    t0 = time.perf_counter()
-    y = ct.linear_combination(w, bias=b).rescale()
-    stage(f"linear {inputs}→{outputs}", t0)
-    t0 = time.perf_counter()
-    z = y.square().relinearize(evk).rescale()
-    stage("square + relinearize + rescale", t0)
-    t0 = time.perf_counter()
-    out = decrypt(ctx, z, sk)
-    stage("decrypt", t0)
+        def progress(name: str, i: int, total: int) -> None:
+            bar.update(task, completed=i, description=name)
 
-    ref = (w @ x + b[:, None]) ** 2
-    err = float(np.abs(out - ref).max())
-    table = Table(title=f"CKKS round trip: {inputs} ciphertexts × {params.slots} slots")
+        t0 = time.perf_counter()
+        out = run(plan, ct, evk, progress=progress, report=report)
+        t_run = time.perf_counter() - t0
+    stages.append(("encrypted inference (server)", t_run))
+    t0 = time.perf_counter()
+    logits = decrypt_outputs(ctx, sk, out, b)
+    stages.append(("decrypt (client)", time.perf_counter() - t0))
+
+    with torch.no_grad():
+        ref = net(torch.as_tensor(x)).double().numpy()
+    enc_pred, ref_pred = logits.argmax(1), ref.argmax(1)
+    agreement = 100.0 * float(np.mean(enc_pred == ref_pred))
+    err = float(np.abs(logits - ref).max())
+    amortized = 1e3 * t_run / b
+
+    layers = Table(title="server time per node")
+    layers.add_column("node")
+    layers.add_column("ciphertexts out", justify="right")
+    layers.add_column("seconds", justify="right")
+    for t in report.timings[1:]:
+        layers.add_row(t.name, str(t.ciphertexts), f"{t.seconds:.2f}")
+    console.print(layers)
+    table = Table(title=f"{model}: {b} images, N={plan.params.n}, depth {plan.levels}")
     table.add_column("stage")
     table.add_column("seconds", justify="right")
     for name, sec in stages:
-        table.add_row(name, f"{sec:.3f}")
+        table.add_row(name, f"{sec:.2f}")
     console.print(table)
-    console.print(f"max |encrypted − plaintext| = {err:.2e} over {out.size} values")
-    print(f"max_error={err:.3e} slots={params.slots} levels={params.depth}")
+    console.print(
+        f"plaintext accuracy {100 * np.mean(ref_pred == y):.2f}% | encrypted accuracy "
+        f"{100 * np.mean(enc_pred == y):.2f}% | label agreement {agreement:.2f}% | "
+        f"max logit error {err:.2e} | amortized {amortized:.2f} ms/image"
+    )
+    print(f"agreement={agreement:.2f} amortized_ms={amortized:.3f}")

@@ -53,7 +53,9 @@ def compile_model(
     if calib is not None:
         x = torch.as_tensor(np.asarray(calib), dtype=torch.float32)
         if tuple(x.shape[1:]) != input_shape:
-            raise ShapeError(f"calibration inputs have shape {tuple(x.shape[1:])}, not {input_shape}")
+            raise ShapeError(
+                f"calibration inputs have shape {tuple(x.shape[1:])}, not {input_shape}"
+            )
         with torch.no_grad():
             out = model.eval()(x)
         bound = float(out.abs().max()) * OUTPUT_MARGIN

@@ -15,6 +15,7 @@ no keys and no ciphertexts.
 
 from __future__ import annotations
 
+import io
 import math
 from dataclasses import dataclass, field
 
@@ -161,13 +162,16 @@ class Plan:
             else:
                 op, macs = type(nd).__name__.removesuffix("Node").lower(), "—"
             table.add_row(
-                nd.name, op, f"{nd.features:,}", macs, f"{relins[nd.name]:,}",
+                nd.name,
+                op,
+                f"{nd.features:,}",
+                macs,
+                f"{relins[nd.name]:,}",
                 f"{nd.level_in}→{nd.level_out}",
             )
         total_macs = sum(n.macs for n in self.nodes if isinstance(n, AffineNode))
-        console = Console(width=120, record=True)
-        with console.capture():
-            console.print(table)
+        console = Console(width=120, record=True, file=io.StringIO())
+        console.print(table)
         p = self.params
         lines = [
             console.export_text(),

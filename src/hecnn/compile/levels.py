@@ -49,12 +49,11 @@ def plan_relinearization(nodes: list[Node], output: str) -> None:
         if not three or n.name == output:
             continue
         cons = users[n.name]
-        lazy = cons and all(
-            isinstance(c, AffineNode) and c.features < n.features and c.name != output for c in cons
-        )
+        lazy = cons and all(isinstance(c, AffineNode) and c.features < n.features for c in cons)
         if lazy:
             for c in cons:
-                c.relin_after = True
+                # the plan's output may stay at three components: the client decrypts with s²
+                c.relin_after = c.name != output
         else:
             n.relin_after = True
 
@@ -81,7 +80,10 @@ def choose_parameters(
         try:
             if insecure_ring is not None:
                 p = CkksParameters.create(
-                    depth, scale_bits=sb, first_prime_bits=base, n=insecure_ring,
+                    depth,
+                    scale_bits=sb,
+                    first_prime_bits=base,
+                    n=insecure_ring,
                     allow_insecure_test_only=True,
                 )
             else:

@@ -52,17 +52,21 @@ def _pair(v) -> tuple[int, int]:
 def _conv(m: nn.Conv2d, in_shape) -> tuple[sp.csr_matrix, np.ndarray]:
     if _pair(m.dilation) != (1, 1):
         raise UnsupportedLayerError(f"Conv2d with dilation {m.dilation} is not supported")
-    if m.padding_mode != "zeros" or isinstance(m.padding, str) and m.padding != "valid":
-        if m.padding != "same" or m.padding_mode != "zeros":
-            raise UnsupportedLayerError(f"Conv2d padding {m.padding!r}/{m.padding_mode}")
+    if m.padding_mode != "zeros" or (
+        isinstance(m.padding, str) and m.padding not in ("valid", "same")
+    ):
+        raise UnsupportedLayerError(f"Conv2d padding {m.padding!r}/{m.padding_mode}")
     pad = m.padding
     if pad == "valid":
         pad = (0, 0)
     elif pad == "same":
         pad = (m.kernel_size[0] // 2, m.kernel_size[1] // 2)
     bs = BlockSparseWeights.conv2d(
-        m.weight.detach().double().numpy(), tuple(in_shape), stride=_pair(m.stride),
-        padding=_pair(pad), groups=m.groups,
+        m.weight.detach().double().numpy(),
+        tuple(in_shape),
+        stride=_pair(m.stride),
+        padding=_pair(pad),
+        groups=m.groups,
     )
     out_positions = bs.out_features // m.out_channels
     bias = m.bias.detach().double().numpy() if m.bias is not None else np.zeros(m.out_channels)
@@ -74,7 +78,9 @@ def _avgpool(in_shape, kernel, stride, padding) -> sp.csr_matrix:
     kh, kw = _pair(kernel)
     w = np.zeros((c, 1, kh, kw))
     w[:] = 1.0 / (kh * kw)  # count_include_pad=True (torch's default)
-    bs = BlockSparseWeights.conv2d(w, tuple(in_shape), stride=_pair(stride), padding=_pair(padding), groups=c)
+    bs = BlockSparseWeights.conv2d(
+        w, tuple(in_shape), stride=_pair(stride), padding=_pair(padding), groups=c
+    )
     return _csr(bs)
 
 
@@ -130,7 +136,9 @@ def trace(model: nn.Module, input_shape: tuple[int, ...]) -> tuple[list[Node], s
             output = src(n.args[0])
             continue
         if n.op == "get_attr":
-            raise UnsupportedLayerError(f"{where}: tensors used directly in forward are not supported")
+            raise UnsupportedLayerError(
+                f"{where}: tensors used directly in forward are not supported"
+            )
         ins = [a for a in n.args if isinstance(a, torch.fx.Node)]
         in_shape = shape_of(ins[0]) if ins else ()
         out_shape = shape_of(n)
@@ -144,24 +152,43 @@ def trace(model: nn.Module, input_shape: tuple[int, ...]) -> tuple[list[Node], s
                 rng = None
                 if torch.isfinite(m.range_min) and torch.isfinite(m.range_max):
                     rng = (float(m.range_min), float(m.range_max))
-                nodes.append(PolyNode(n.name, (src(ins[0]),), out_shape, source=name,
-                                      coeffs=_poly_coeffs(m, out_shape), input_range=rng,
-                                      valid_range=getattr(m, "valid_range", None)))
+                nodes.append(
+                    PolyNode(
+                        n.name,
+                        (src(ins[0]),),
+                        out_shape,
+                        source=name,
+                        coeffs=_poly_coeffs(m, out_shape),
+                        input_range=rng,
+                        valid_range=getattr(m, "valid_range", None),
+                    )
+                )
                 continue
             if isinstance(m, nn.Conv2d):
                 mat, bias = _conv(m, in_shape)
             elif isinstance(m, nn.Linear):
                 mat = sp.csr_matrix(m.weight.detach().double().numpy())
-                bias = m.bias.detach().double().numpy() if m.bias is not None else np.zeros(m.out_features)
+                bias = (
+                    m.bias.detach().double().numpy()
+                    if m.bias is not None
+                    else np.zeros(m.out_features)
+                )
             elif isinstance(m, (nn.BatchNorm2d, nn.BatchNorm1d)):
                 mat, bias = _batchnorm(m, in_shape)
             elif isinstance(m, nn.AvgPool2d):
                 if m.ceil_mode or not m.count_include_pad:
-                    raise UnsupportedLayerError(f"{where}: AvgPool2d needs ceil_mode=False, count_include_pad=True")
-                mat, bias = _avgpool(in_shape, m.kernel_size, m.stride or m.kernel_size, m.padding), None
+                    raise UnsupportedLayerError(
+                        f"{where}: AvgPool2d needs ceil_mode=False, count_include_pad=True"
+                    )
+                mat, bias = (
+                    _avgpool(in_shape, m.kernel_size, m.stride or m.kernel_size, m.padding),
+                    None,
+                )
             elif isinstance(m, nn.AdaptiveAvgPool2d):
                 if _pair(m.output_size) != (1, 1):
-                    raise UnsupportedLayerError(f"{where}: only global AdaptiveAvgPool2d(1) is supported")
+                    raise UnsupportedLayerError(
+                        f"{where}: only global AdaptiveAvgPool2d(1) is supported"
+                    )
                 mat, bias = _avgpool(in_shape, in_shape[1:], in_shape[1:], 0), None
             else:
                 raise UnsupportedLayerError(
@@ -175,15 +202,21 @@ def trace(model: nn.Module, input_shape: tuple[int, ...]) -> tuple[list[Node], s
             continue
         if n.op == "call_function" and n.target in (operator.add, torch.add):
             if len(ins) != 2:
-                raise UnsupportedLayerError(f"{where}: only tensor + tensor additions are supported")
+                raise UnsupportedLayerError(
+                    f"{where}: only tensor + tensor additions are supported"
+                )
             nodes.append(AddNode(n.name, (src(ins[0]), src(ins[1])), out_shape, source="add"))
             continue
         if n.op == "call_function" and n.target is torch.cat:
             tensors = n.args[0]
             dim = n.kwargs.get("dim", n.args[1] if len(n.args) > 1 else 0)
             if dim not in (1, -3) and not (dim == -1 and len(out_shape) == 1):
-                raise UnsupportedLayerError(f"{where}: only channel concatenation (dim=1) is supported")
-            nodes.append(ConcatNode(n.name, tuple(src(t) for t in tensors), out_shape, source="cat"))
+                raise UnsupportedLayerError(
+                    f"{where}: only channel concatenation (dim=1) is supported"
+                )
+            nodes.append(
+                ConcatNode(n.name, tuple(src(t) for t in tensors), out_shape, source="cat")
+            )
             continue
         if (n.op == "call_function" and n.target is torch.flatten) or (
             n.op == "call_method" and n.target in ("flatten", "view", "reshape")

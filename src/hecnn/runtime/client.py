@@ -20,7 +20,9 @@ def pack(plan: Plan, images: np.ndarray) -> np.ndarray:
     """(B, *input_shape) float images → (features, B) slot matrix."""
     x = np.asarray(images, dtype=np.float64)
     if tuple(x.shape[1:]) != plan.input_shape:
-        raise ShapeError(f"images have shape {tuple(x.shape[1:])}, the plan expects {plan.input_shape}")
+        raise ShapeError(
+            f"images have shape {tuple(x.shape[1:])}, the plan expects {plan.input_shape}"
+        )
     if not 1 <= len(x) <= plan.params.slots:
         raise ShapeError(f"a batch holds 1..{plan.params.slots} images, got {len(x)}")
     return np.ascontiguousarray(x.reshape(len(x), -1).T)
@@ -32,6 +34,8 @@ def encrypt_images(
     return encrypt(ctx, pack(plan, images), key)
 
 
-def decrypt_outputs(ctx: CkksContext, sk: SecretKey, outputs: CiphertextBatch, count: int) -> np.ndarray:
+def decrypt_outputs(
+    ctx: CkksContext, sk: SecretKey, outputs: CiphertextBatch, count: int
+) -> np.ndarray:
     """Encrypted outputs (classes ciphertexts) → (count, classes) logits."""
     return decrypt(ctx, outputs, sk, slots=count).T

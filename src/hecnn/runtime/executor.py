@@ -103,7 +103,10 @@ def _affine(n: AffineNode, x: CiphertextBatch, keys: EvaluationKeys) -> Cipherte
 
 
 def _mul_to_scale(
-    x: CiphertextBatch, coeff: np.ndarray, target_scale: float, partner_scale: float = 1.0,
+    x: CiphertextBatch,
+    coeff: np.ndarray,
+    target_scale: float,
+    partner_scale: float = 1.0,
     partner_prime: float = 1.0,
 ) -> CiphertextBatch:
     """x·coeff rescaled, with the scalar encoded so that (x·coeff)·partner/partner_prime — or

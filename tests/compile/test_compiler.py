@@ -1,0 +1,142 @@
+"""The compiler: traced plans compute what the model computes (plaintext simulation), folding
+saves levels, parameters are secure, unsupported operations are named."""
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from hecnn.compile import compile_model
+from hecnn.compile.ir import AffineNode, PolyNode
+from hecnn.compile.polyeval import schedule
+from hecnn.errors import UnsupportedLayerError
+from hecnn.nn.activations import Square, SwishPoly4, TrainablePoly
+from hecnn.runtime import simulate
+
+
+def _check_sim(model, shape, n=8, tol=1e-6):
+    model.eval()
+    x = torch.randn(n, *shape)
+    plan = compile_model(model, shape, batch=n, calib=x)
+    with torch.no_grad():
+        ref = model(x).double().numpy()
+    np.testing.assert_allclose(simulate(plan, x.numpy()), ref, atol=tol * max(1, np.abs(ref).max()))
+    return plan
+
+
+class Tiny(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(2, 3, 3, stride=2, padding=1)
+        self.bn = nn.BatchNorm2d(3)
+        self.act = SwishPoly4(4)
+        self.pool = nn.AvgPool2d(2)
+        self.flat = nn.Flatten()
+        self.drop = nn.Dropout(0.5)
+        self.fc = nn.Linear(3 * 2 * 2, 4)
+
+    def forward(self, x):
+        return self.fc(self.drop(self.flat(self.pool(self.act(self.bn(self.conv(x)))))))
+
+
+def _randomize_bn(model):
+    for m in model.modules():
+        if isinstance(m, (nn.BatchNorm2d, nn.BatchNorm1d)):
+            m.running_mean.uniform_(-0.5, 0.5)
+            m.running_var.uniform_(0.5, 2)
+            m.weight.data.uniform_(0.5, 1.5)
+            m.bias.data.uniform_(-0.2, 0.2)
+    return model
+
+
+def test_plan_matches_model_and_merges_affine_chains():
+    torch.manual_seed(0)
+    plan = _check_sim(_randomize_bn(Tiny()), (2, 8, 8))
+    kinds = [type(n).__name__ for n in plan.nodes]
+    # conv+bn merge into one affine; pool+fc merge into another
+    assert kinds == ["InputNode", "AffineNode", "PolyNode", "AffineNode"]
+    poly = plan.nodes[2]
+    assert poly.fold_leading and poly.depth == 2
+    assert plan.levels == 4
+    assert not plan.params.insecure_test_only and plan.params.log_qp <= 438
+
+
+@pytest.mark.parametrize("gran", ["layer", "channel", "element"])
+def test_trainable_poly_granularities(gran):
+    torch.manual_seed(1)
+
+    class M(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(1, 2, 3)
+            self.act = TrainablePoly(2, gran, shape=(2, 4, 4))
+            with torch.no_grad():
+                for p in self.act.parameters():
+                    p.add_(torch.rand_like(p) * 0.3)
+            self.fc = nn.Linear(32, 3)
+
+        def forward(self, x):
+            return self.fc(torch.flatten(self.act(self.conv(x)), 1))
+
+    _check_sim(M(), (1, 6, 6))
+
+
+def test_concat_and_residual_add_and_global_pool():
+    torch.manual_seed(2)
+
+    class M(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a = nn.Conv2d(2, 2, 1)
+            self.b = nn.Conv2d(2, 3, 3, padding=1)
+            self.sq = Square()
+            self.c = nn.Conv2d(5, 5, 1)
+            self.gap = nn.AdaptiveAvgPool2d(1)
+            self.bn1d = nn.BatchNorm1d(5)
+            self.fc = nn.Linear(5, 2)
+
+        def forward(self, x):
+            y = torch.cat([self.a(x), self.b(x)], dim=1)
+            y = self.sq(y)
+            y = y + self.c(y)
+            return self.fc(self.bn1d(torch.flatten(self.gap(y), 1)))
+
+    _check_sim(_randomize_bn(M()), (2, 4, 4))
+
+
+def test_unsupported_operation_is_named():
+    class M(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(1, 2, 3)
+            self.relu = nn.ReLU()
+
+        def forward(self, x):
+            return self.relu(self.conv(x))
+
+    with pytest.raises(UnsupportedLayerError, match="ReLU"):
+        compile_model(M(), (1, 5, 5), batch=4)
+
+    class F(nn.Module):
+        def forward(self, x):
+            return torch.sigmoid(x)
+
+    with pytest.raises(UnsupportedLayerError, match="sigmoid"):
+        compile_model(F(), (4,), batch=4)
+
+
+def test_schedule_depths():
+    assert schedule(np.ones((3, 1)), fold_leading=True).depth == 1
+    assert schedule(np.ones((3, 1)), fold_leading=False).depth == 2
+    assert schedule(np.ones((5, 1)), fold_leading=True).depth == 2
+    swish = np.array([[0.03], [0.5], [0.2], [0.0], [-0.005]])
+    assert schedule(swish, fold_leading=True).depth == 2
+    assert schedule(np.ones((9, 1)), fold_leading=False).depth == 4
+
+
+def test_summary_reports_layers_and_totals():
+    plan = _check_sim(_randomize_bn(Tiny()), (2, 8, 8))
+    text = plan.summary()
+    assert "relinearizations" in text and "N=" in text and "GiB" in text
+    assert any(isinstance(n, AffineNode) for n in plan.nodes)
+    assert any(isinstance(n, PolyNode) for n in plan.nodes)

@@ -1,0 +1,107 @@
+"""Encrypted inference equals the plaintext model: every layer type and the bundled models.
+
+Small rings (N=2^12) through the explicit insecure test switch keep these fast.
+"""
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from hecnn.ckks.context import CkksContext
+from hecnn.ckks.keys import KeyGenerator
+from hecnn.compile import compile_model
+from hecnn.errors import ParameterError, ShapeError
+from hecnn.nn.activations import Square, SwishPoly4, TrainablePoly
+from hecnn.runtime import decrypt_outputs, encrypt_images, run
+
+RING = 1 << 12
+
+
+def _encrypted_vs_plain(model, x, ring=RING):
+    model.eval()
+    plan = compile_model(
+        model, tuple(x.shape[1:]), batch=len(x), calib=x, insecure_ring_for_tests=ring
+    )
+    ctx = CkksContext(plan.params)
+    kg = KeyGenerator(ctx)
+    sk = kg.secret_key()
+    out = run(plan, encrypt_images(plan, ctx, kg.public_key(sk), x.numpy()), kg.evaluation_keys(sk))
+    got = decrypt_outputs(ctx, sk, out, len(x))
+    with torch.no_grad():
+        ref = model(x).double().numpy()
+    return got, ref, plan
+
+
+class LayerZoo(nn.Module):
+    """Conv (stride, padding), BN, every activation, avg pool, cat, residual add, global pool,
+    Flatten, Dropout, Identity, Linear."""
+
+    def __init__(self):
+        super().__init__()
+        self.c1 = nn.Conv2d(1, 2, 3, stride=2, padding=1)
+        self.bn1 = nn.BatchNorm2d(2)
+        self.a1 = SwishPoly4(4)
+        self.c2a = nn.Conv2d(2, 2, 1)
+        self.c2b = nn.Conv2d(2, 2, 3, padding=1)
+        self.a2 = TrainablePoly(2, "element", shape=(4, 4, 4))
+        self.pool = nn.AvgPool2d(2)
+        self.c3 = nn.Conv2d(4, 4, 1)
+        self.a3 = Square()
+        self.a4 = TrainablePoly(2, "channel", shape=(4, 2, 2))
+        self.gap = nn.AdaptiveAvgPool2d(1)
+        self.drop = nn.Dropout(0.3)
+        self.idn = nn.Identity()
+        self.fc = nn.Linear(4, 3)
+
+    def forward(self, x):
+        y = self.a1(self.bn1(self.c1(x)))
+        y = self.a2(torch.cat([self.c2a(y), self.c2b(y)], dim=1))
+        y = self.pool(y)
+        y = self.a4(y + self.a3(self.c3(y)))
+        return self.fc(self.idn(self.drop(torch.flatten(self.gap(y), 1))))
+
+
+def test_every_layer_type_encrypted_equals_plaintext():
+    torch.manual_seed(0)
+    model = LayerZoo()
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.running_mean.uniform_(-0.3, 0.3)
+                m.running_var.uniform_(0.5, 1.5)
+    x = torch.randn(16, 1, 8, 8)
+    got, ref, _plan = _encrypted_vs_plain(model, x)
+    assert np.abs(got - ref).max() < 1e-2 * max(1.0, np.abs(ref).max())
+    assert (got.argmax(1) == ref.argmax(1)).all()
+
+
+@pytest.mark.parametrize("name", ["ishiyama_mnist_poly_element_kd", "ishiyama_mnist_swish4"])
+def test_bundled_models_encrypted_equal_plaintext(name):
+    from hecnn.nn import bundled
+
+    images, labels = bundled.sample_images()
+    x = torch.as_tensor(np.asarray(bundled.to_float(images[:32]), dtype=np.float32))
+    got, ref, _plan = _encrypted_vs_plain(bundled.load_model(name), x)
+    assert np.abs(got - ref).max() < 2e-2
+    assert (got.argmax(1) == ref.argmax(1)).all()
+    assert (ref.argmax(1) == labels[:32]).mean() > 0.9  # the model itself is trained
+
+
+def test_runtime_rejects_foreign_keys_and_wrong_shapes():
+    torch.manual_seed(3)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(4, 2), Square(), nn.Linear(2, 2))
+    x = torch.randn(4, 1, 2, 2)
+    plan = compile_model(model, (1, 2, 2), batch=4, calib=x, insecure_ring_for_tests=RING)
+    ctx = CkksContext(plan.params)
+    kg = KeyGenerator(ctx)
+    sk = kg.secret_key()
+    ct = encrypt_images(plan, ctx, kg.public_key(sk), x.numpy())
+    with pytest.raises(ShapeError):
+        run(plan, ct[:3], kg.evaluation_keys(sk))
+    with pytest.raises(ShapeError):
+        encrypt_images(plan, ctx, sk, np.zeros((2, 1, 3, 3)))
+    other = compile_model(model, (1, 2, 2), batch=4, calib=x, insecure_ring_for_tests=2 * RING)
+    okg = KeyGenerator(CkksContext(other.params))
+    with pytest.raises(ParameterError):
+        run(plan, ct, okg.evaluation_keys(okg.secret_key()))
