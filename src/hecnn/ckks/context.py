@@ -244,13 +244,21 @@ class CkksContext:
         inserted before the last. fmod on floats is exact in IEEE arithmetic, so integers beyond
         2^63 are reduced correctly.
         """
-        q = self.primes[idx].astype(np.float64)[:, None]
         v = np.asarray(values)
-        if np.issubdtype(v.dtype, np.integer):
-            r = np.mod(v[..., None, :].astype(np.int64), q.astype(np.int64))
-        else:
-            r = np.fmod(v[..., None, :].astype(np.float64), q)
-            r = np.where(r < 0, r + q, r)
+        lead = v.shape[:-1]
+        if np.issubdtype(v.dtype, np.integer) or (v.size and float(np.max(np.abs(v))) < 2.0**62):
+            flat = np.ascontiguousarray(v.reshape(-1, v.shape[-1]), dtype=np.int64)
+            out = np.empty((flat.shape[0], len(idx), v.shape[-1]), dtype=np.int32)
+            mod_idx = np.asarray(idx, dtype=np.int64)
+
+            def part(lo: int, hi: int) -> None:
+                kernels.reduce_signed(flat[lo:hi], mod_idx, self.primes, out[lo:hi])
+
+            self.parallel(flat.shape[0], part, work=out.size)
+            return out.reshape(*lead, len(idx), v.shape[-1])
+        q = self.primes[idx].astype(np.float64)[:, None]
+        r = np.fmod(v[..., None, :].astype(np.float64), q)
+        r = np.where(r < 0, r + q, r)
         return np.ascontiguousarray(r, dtype=np.int32)
 
     def residues_of(self, value: int, idx: np.ndarray) -> np.ndarray:

@@ -382,3 +382,24 @@ def reduce_digit_products(z, digit_mul, q, out, comp, limb, out_rows):
                 r = r - q if r >= q else r
                 acc = _addmod(acc, _mulmod(r, digit_mul[t], q, qinv), q)
             out[orow, comp, limb, j] = acc
+
+
+@nb.njit(nogil=True, cache=True)
+def reduce_signed(v, mod_idx, primes, out):
+    """out[r, l, :] = v[r, :] mod q_l for signed integers |v| < 2^62 (int64) — float Barrett."""
+    rows, n = v.shape
+    limbs = mod_idx.shape[0]
+    for r in range(rows):
+        for li in range(limbs):
+            q = np.int64(primes[mod_idx[li]])
+            qinv = 1.0 / np.float64(q)
+            for j in range(n):
+                x = v[r, j]
+                k = np.int64(np.floor(np.float64(x) * qinv))
+                t = x - k * q  # within a few q of [0, q): the float quotient is off by ≤ 2
+                t = t + (q & (t >> 63))
+                t = t + (q & (t >> 63))
+                t = t - q
+                t = t + (q & (t >> 63))
+                t = t - q
+                out[r, li, j] = t + (q & (t >> 63))
