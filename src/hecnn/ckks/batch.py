@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from hecnn.ckks import kernels
 from hecnn.ckks.context import CkksContext
 from hecnn.ckks.keys import EvaluationKeys, SwitchingKey
 from hecnn.ckks.keyswitch import key_switch
@@ -268,16 +269,26 @@ class CiphertextBatch:
         ctx = self.ctx
         lvl = self.level
         q_last = int(ctx.primes[lvl])
-        last = np.ascontiguousarray(self.data[:, :, lvl : lvl + 1])
-        ctx.intt(last, np.array([lvl]))
-        centered = np.where(last > q_last // 2, last - q_last, last)[:, :, 0]  # (B, C, N)
         low_idx = ctx.data_idx(lvl - 1)
-        lifted = ctx.reduce_int(centered, low_idx)  # (B, C, ℓ, N)
-        ctx.ntt(lifted, low_idx)
-        diff = ctx.sub(np.ascontiguousarray(self.data[:, :, :lvl]), lifted, low_idx)
+        rows = self.data.reshape(-1, lvl + 1, ctx.n)  # (B·C, limbs, N), a view
+        last = np.ascontiguousarray(rows[:, lvl])
+        ctx.intt(last.reshape(-1, 1, ctx.n), np.array([lvl]))
+        lifted = np.empty((rows.shape[0], lvl, ctx.n), dtype=np.int32)
+        out = np.empty_like(lifted)
         inv = np.array([pow(q_last, -1, int(ctx.primes[i])) for i in low_idx], dtype=np.int64)
-        out = ctx.mul_row_scalars(diff, np.broadcast_to(inv, diff.shape[:-1]), low_idx)
-        return self._like(out, self.scale / q_last)
+
+        def lift(lo: int, hi: int) -> None:
+            kernels.rescale_lift(last[lo:hi], np.int64(q_last), low_idx, ctx.primes, lifted[lo:hi])
+
+        ctx.parallel(rows.shape[0], lift, work=lifted.size)
+        ctx.ntt(lifted, low_idx)
+
+        def combine(lo: int, hi: int) -> None:
+            kernels.sub_mul_scalar(rows[lo:hi], lifted[lo:hi], inv, low_idx, ctx.primes, out[lo:hi])
+
+        ctx.parallel(rows.shape[0], combine, work=out.size)
+        shape = (*self.data.shape[:2], lvl, ctx.n)
+        return self._like(out.reshape(shape), self.scale / q_last)
 
     def drop_to(self, level: int) -> CiphertextBatch:
         """Drop limbs above ``level`` (modulus switching without division; scale unchanged)."""

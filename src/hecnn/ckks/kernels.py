@@ -403,3 +403,34 @@ def reduce_signed(v, mod_idx, primes, out):
                 t = t + (q & (t >> 63))
                 t = t - q
                 out[r, li, j] = t + (q & (t >> 63))
+
+
+@nb.njit(nogil=True, cache=True)
+def rescale_lift(last, q_last, mod_idx, primes, out):
+    """out[r, i] = [centered(last[r])]_{q_i}: the dropped limb, lifted to (−q/2, q/2] and reduced
+    into each remaining prime (|value| < 2^31, so one conditional correction each way)."""
+    rows, n = last.shape
+    half = q_last >> 1
+    for r in range(rows):
+        for i in range(mod_idx.shape[0]):
+            q = np.int64(primes[mod_idx[i]])
+            for j in range(n):
+                v = np.int64(last[r, j])
+                v = v - q_last if v > half else v
+                v = v + (q & (v >> 63))
+                v = v - q
+                out[r, i, j] = v + (q & (v >> 63))
+
+
+@nb.njit(nogil=True, cache=True)
+def sub_mul_scalar(a, b, s, mod_idx, primes, out):
+    """out[r, i] = (a[r, i] − b[r, i])·s[i] mod q_i for a (R, ≥L, N), b and out (R, L, N)."""
+    rows, limbs, n = out.shape
+    for r in range(rows):
+        for i in range(limbs):
+            q = np.int64(primes[mod_idx[i]])
+            qinv = 1.0 / np.float64(q)
+            w = s[i]
+            for j in range(n):
+                d = _addmod(a[r, i, j], q - np.int64(b[r, i, j]), q)
+                out[r, i, j] = _mulmod(d, w, q, qinv)
