@@ -24,3 +24,17 @@ def bench_ckks(
     from hecnn.benchmarks.ckks_core import run
 
     run(quick=quick, n=n, data_primes=primes)
+
+
+@bench_app.command("batch")
+def bench_batch(
+    model: str = typer.Option("ishiyama_mnist_poly_element_kd", help="Bundled model."),
+    batches: str = typer.Option("1024,2048,4096,8192", help="Comma-separated batch sizes."),
+    plot: str = typer.Option("", help="Write a PNG of total and amortized time here."),
+) -> None:
+    """Total and amortized encrypted-inference time for several batch sizes."""
+    from pathlib import Path
+
+    from hecnn.benchmarks.batch_sweep import sweep
+
+    sweep(model, tuple(int(b) for b in batches.split(",")), Path(plot) if plot else None)
