@@ -87,6 +87,8 @@ def sweep(
         ax2.plot(bs, [r["amortized_ms"] for r in rows], "s--", color="tab:red", label="ms/image")
         ax2.set_ylabel("amortized ms/image")
         ax1.set_xscale("log", base=2)
+        ax1.set_ylim(bottom=0)
+        ax2.set_ylim(bottom=0)
         fig.legend(loc="upper center")
         fig.tight_layout()
         fig.savefig(plot, dpi=120)
