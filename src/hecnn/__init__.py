@@ -9,3 +9,12 @@ from hecnn.errors import HecnnError
 
 __version__ = "0.1.0"
 __all__ = ["HecnnError", "__version__"]
+
+
+def __getattr__(name: str) -> object:
+    """PEP 562: ``hecnn.approximate`` (which needs torch) is imported on first use."""
+    if name == "approximate":
+        from hecnn.approx.convert import approximate
+
+        return approximate
+    raise AttributeError(f"module 'hecnn' has no attribute {name!r}")
