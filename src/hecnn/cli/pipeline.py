@@ -121,6 +121,8 @@ def infer(
     params = _read(keys / "params.hecnn", expect=serialize.Kind.PARAMS)
     if params.fingerprint != plan.params.fingerprint:
         raise SerializationError("the keys were made for a different plan (parameters differ)")
+    if params.insecure_test_only:
+        raise SerializationError("refusing parameters below 128-bit security on the server side")
     ctx = CkksContext(params)
     evk = _read(keys / "eval.hecnn", ctx, expect=serialize.Kind.EVALUATION_KEYS)
     ct = _read(inp, ctx, expect=serialize.Kind.CIPHERTEXT_BATCH)
