@@ -84,3 +84,22 @@ def test_base_conversion_is_exact_up_to_source_multiple(tiny):
         for j in range(0, tiny.n, 7):
             diff = (int(out[0, t, j]) - vals[j]) % qi
             assert any(diff == (u * big) % qi for u in range(len(src)))
+
+
+def test_nested_parallel_calls_run_inline_on_pool_threads(tiny):
+    import threading
+
+    seen = []
+
+    def inner(lo: int, hi: int) -> None:
+        seen.append(threading.current_thread().name)
+
+    def outer(lo: int, hi: int) -> None:
+        before = len(seen)
+        tiny.parallel(8, inner)
+        if threading.current_thread().name.startswith("hecnn-ckks"):
+            # from a pool thread the inner call must not go back to the pool
+            assert set(seen[before:]) == {threading.current_thread().name}
+
+    tiny.parallel(4, outer)
+    assert seen

@@ -10,6 +10,7 @@ indices into :attr:`primes` (data primes first, then special primes).
 from __future__ import annotations
 
 import os
+import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from functools import cached_property
@@ -35,6 +36,7 @@ def _shoup(w: np.ndarray, q: int) -> np.ndarray:
     return ((w.astype(object) << 32) // q).astype(np.uint64)
 
 
+_POOL_PREFIX = "hecnn-ckks"
 #: rows below which a kernel runs inline instead of on the pool (thread hand-off costs ~20 µs)
 _MIN_PARALLEL_ELEMENTS = 1 << 15
 
@@ -92,15 +94,18 @@ class CkksContext:
     # -- parallel execution -------------------------------------------------------------------
     @cached_property
     def pool(self) -> ThreadPoolExecutor:
-        return ThreadPoolExecutor(max_workers=self.threads, thread_name_prefix="hecnn")
+        return ThreadPoolExecutor(max_workers=self.threads, thread_name_prefix=_POOL_PREFIX)
 
     def parallel(self, count: int, fn: Callable[[int, int], None], *, work: int = 0) -> None:
         """Run fn(lo, hi) over [0, count) split into ``threads`` contiguous parts.
 
-        ``work`` (elements touched) below a threshold, or a single item, runs inline.
+        ``work`` (elements touched) below a threshold, or a single item, runs inline; so does a
+        call made from one of the pool's own threads (waiting on the pool from inside it could
+        deadlock).
         """
         parts = min(self.threads, count)
-        if parts <= 1 or (work and work < _MIN_PARALLEL_ELEMENTS):
+        nested = threading.current_thread().name.startswith(_POOL_PREFIX)
+        if parts <= 1 or nested or (work and work < _MIN_PARALLEL_ELEMENTS):
             fn(0, count)
             return
         bounds = [count * i // parts for i in range(parts + 1)]
