@@ -22,7 +22,7 @@ def test_digit_planes_reconstruct_exactly(rng):
 def test_exactness_bound():
     for k in (1, 25, 576, 2048, 20000):
         b = digit_bits(k)
-        assert k * 2 ** (29 + b) < 2**53
+        assert k * 2 ** (29 + b) < 2**52
 
 
 def test_dense_linear_combination_matches_numpy(ctx, keys, rng):

@@ -365,23 +365,25 @@ def gather_centered(x, rows, comp, limb, q, out):
 def reduce_digit_products(z, digit_mul, q, out, comp, limb, out_rows):
     """out[out_rows[o], comp, limb, :] = Σ_t z[t, o, :]·digit_mul[t] mod q.
 
-    z[t] are exact fp64 GEMM results of weight digit-plane t (|z| < 2^53); each is reduced with
-    a float Barrett step on the exact integer, then weighted by its digit factor 2^{b·t+s} mod q.
+    z[t] are exact fp64 GEMM results of weight digit-plane t with |z| < 2^52. The remainder
+    z − ⌊z/q⌋·q is computed in doubles: ⌊z/q⌋·q is within q of z, below 2^53, hence exact, and
+    so is the difference — float→int32 conversions vectorize where int64 ones do not. Plane t
+    is then weighted by its digit factor 2^{b·t+s} mod q (digit_mul[0] = 2^s folded in too).
     """
     chunks, outs, n = z.shape
-    qinv = 1.0 / np.float64(q)
+    qf = np.float64(q)
+    qinv = 1.0 / qf
     for o in range(outs):
-        orow = out_rows[o]
-        for j in range(n):
-            acc = np.int64(0)
-            for t in range(chunks):
+        row = out[out_rows[o], comp, limb]
+        for t in range(chunks):
+            w = digit_mul[t]
+            for j in range(n):
                 zt = z[t, o, j]
-                k = np.int64(np.floor(zt * qinv))
-                r = np.int64(zt) - k * q  # exact: |zt| < 2^53
-                r = r + q if r < 0 else r
-                r = r - q if r >= q else r
-                acc = _addmod(acc, _mulmod(r, digit_mul[t], q, qinv), q)
-            out[orow, comp, limb, j] = acc
+                r = zt - np.floor(zt * qinv) * qf
+                r = r + qf if r < 0 else r
+                r = r - qf if r >= qf else r
+                v = _mulmod(np.int32(r), w, q, qinv)
+                row[j] = v if t == 0 else _addmod(row[j], v, q)
 
 
 @nb.njit(nogil=True, cache=True)

@@ -5,7 +5,7 @@ encoded as the integer w̃ = round(w·Δ_w) (Δ_w = q_ℓ by default, so the fol
 restores the input scale exactly) and Y = W̃ @ X mod q_i on every limb of every component.
 
 Exactness in fp64 BLAS: the residues are lifted to (−q/2, q/2], |x| < 2^30, and W̃ is split into
-signed base-2^b digit planes D_t (|d| ≤ 2^{b−1}) with K·2^{29+b} < 2^53, so every D_t @ X is
+signed base-2^b digit planes D_t (|d| ≤ 2^{b−1}) with K·2^{29+b} < 2^52, so every D_t @ X is
 computed exactly by an ordinary fp64 GEMM; the planes are then reduced mod q (exact fmod) and
 recombined with their weights 2^{b·t} mod q. When W̃ needs more than ``max_digits`` planes the
 matrix is stored in block floating point: W̃ = Ŵ·2^s with Ŵ keeping ``max_digits·b − 1``
@@ -129,8 +129,12 @@ class BlockSparseWeights:
 
 
 def digit_bits(k: int) -> int:
-    """Largest digit size b with k·2^{29+b} < 2^53 (exact fp64 accumulation of k products)."""
-    b = math.ceil(53 - (_CENTERED_BITS - 1) - math.log2(max(k, 1))) - 1
+    """Largest digit size b with k·2^{29+b} < 2^52 (exact fp64 accumulation of k products).
+
+    One bit below the 2^53 limit of exact doubles, so that the reduction's k·q (within q of a
+    partial sum) is exact too.
+    """
+    b = math.ceil(52 - (_CENTERED_BITS - 1) - math.log2(max(k, 1))) - 1
     if b < 2:
         raise ParameterError(f"a block of {k} inputs is too large for exact fp64 accumulation")
     return b
