@@ -32,6 +32,10 @@ pytestmark = pytest.mark.seal
 
 NONE = seal.compr_mode_type.none
 TOL = 1e-2  # CKKS noise budget at scale 2^26 (observed errors are ~1e-3 or below)
+#: SEAL's own products and key switches at this small scale: over 300 trials its square +
+#: rescale was off from the exact square by up to 1.65e-2 (decrypting with SEAL or with us gives
+#: the same value to 1e-15), so checks against plaintext after SEAL-side work use this bound
+SEAL_OP_TOL = 5e-2
 ROTATIONS = (1, 5, -3)
 
 
@@ -137,7 +141,9 @@ def test_seal_rescaled_ciphertext_decrypts_under_ours(bridge, ours, seal_sk, dat
     bridge.evaluator.rescale_to_next_inplace(sq)  # 3 components, level 2
     batch = bridge.from_seal(sq)
     assert batch.components == 3 and batch.level == 2 and batch.scale == sq.scale()
-    np.testing.assert_allclose(decrypt(bridge.ctx, batch, ours[0])[0], data[0] ** 2, atol=TOL)
+    got = decrypt(bridge.ctx, batch, ours[0])[0]
+    np.testing.assert_allclose(got, bridge.seal_decrypt(sq, seal_sk), atol=1e-9, rtol=0)
+    np.testing.assert_allclose(got, data[0] ** 2, atol=SEAL_OP_TOL)
 
 
 # -- 3. our operations decrypt under SEAL -------------------------------------------------------
@@ -233,9 +239,10 @@ def test_rotation_matches_seal_galois_automorphism(bridge, ours, seal_sk, data, 
     x = encrypt(bridge.ctx, data[:1], ours[1])
     ref = bridge.seal_decrypt(bridge.evaluator.apply_galois(bridge.to_seal(x), target, gk), seal_sk)
     expected = np.roll(data[0], -steps)
-    np.testing.assert_allclose(ref, expected, atol=TOL)  # SEAL's own automorphism
+    np.testing.assert_allclose(ref, expected, atol=SEAL_OP_TOL)  # SEAL's own automorphism
     got = bridge.seal_decrypt(bridge.to_seal(x.rotate(steps, ours[2])), seal_sk)
-    np.testing.assert_allclose(got, ref, atol=TOL)
+    np.testing.assert_allclose(got, expected, atol=TOL)
+    np.testing.assert_allclose(got, ref, atol=SEAL_OP_TOL)
 
 
 def test_seal_rotate_vector_uses_generator_3(bridge, ours, seal_sk, data):
