@@ -244,9 +244,9 @@ class CiphertextBatch:
         """Rotate slots left by ``steps``: automorphism X ↦ X^g, g = 5^steps, then key switch."""
         if self.components != 2:
             raise ParameterError("relinearize before rotating")
-        from hecnn.ckks.encoder import Encoder
+        from hecnn.ckks.encoder import galois_element
 
-        g = Encoder(self.ctx.n).galois_element(steps)
+        g = galois_element(self.ctx.n, steps)
         if g == 1:
             return self
         gk = keys.galois_key(g, steps)

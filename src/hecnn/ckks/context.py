@@ -18,6 +18,7 @@ from functools import cached_property
 import numpy as np
 
 from hecnn.ckks import kernels
+from hecnn.ckks.encoder import Encoder
 from hecnn.ckks.params import CkksParameters
 from hecnn.ckks.primes import primitive_root_of_unity
 from hecnn.errors import ParameterError
@@ -316,6 +317,11 @@ class CkksContext:
 
         self.parallel(a.shape[0], part, work=a.size)
         return out
+
+    @cached_property
+    def encoder(self) -> Encoder:
+        """The canonical-embedding encoder for this ring (its tables depend only on N)."""
+        return Encoder(self.n)
 
     @cached_property
     def galois_cache(self) -> dict[int, np.ndarray]:

@@ -14,6 +14,11 @@ import numpy as np
 from hecnn.errors import ShapeError
 
 
+def galois_element(n: int, steps: int) -> int:
+    """g = 5^steps mod 2N: the automorphism X ↦ X^g rotates slots left by ``steps``."""
+    return pow(5, steps % (n // 2), 2 * n)
+
+
 class Encoder:
     """Maps real/complex slot vectors ↔ real coefficient vectors (unscaled, unrounded)."""
 
@@ -33,7 +38,7 @@ class Encoder:
 
     def galois_element(self, steps: int) -> int:
         """g = 5^steps mod 2N: the automorphism that rotates slots left by ``steps``."""
-        return pow(5, steps % self.slots, 2 * self.n)
+        return galois_element(self.n, steps)
 
     def embed(self, values: np.ndarray) -> np.ndarray:
         """Slot values (..., ≤ N/2) → real polynomial coefficients (..., N), before scaling.

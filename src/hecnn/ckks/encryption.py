@@ -13,7 +13,6 @@ import numpy as np
 
 from hecnn.ckks.batch import CiphertextBatch
 from hecnn.ckks.context import CkksContext
-from hecnn.ckks.encoder import Encoder
 from hecnn.ckks.keys import PublicKey, SecretKey
 from hecnn.ckks.keyswitch import mod_down
 from hecnn.ckks.rns import centered_to_float
@@ -26,7 +25,7 @@ def encode(ctx: CkksContext, values: np.ndarray, scale: float, level: int) -> np
     v = np.asarray(values, dtype=np.float64)
     if v.ndim != 2:
         raise ShapeError(f"expected a (batch, slots) array of values, got shape {v.shape}")
-    coeffs = np.round(Encoder(ctx.n).embed(v) * scale)
+    coeffs = np.round(ctx.encoder.embed(v) * scale)
     if not np.all(np.isfinite(coeffs)):
         raise ScaleError("encoded values overflow: reduce the scale or the values")
     idx = ctx.data_idx(level)
@@ -114,4 +113,4 @@ def decrypt(
 ) -> np.ndarray:
     """Decrypt and decode: (B, slots) real values."""
     coeffs = decrypt_raw(ctx, batch, sk) / batch.scale
-    return Encoder(ctx.n).project(coeffs, slots).real
+    return ctx.encoder.project(coeffs, slots).real

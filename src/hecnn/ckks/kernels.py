@@ -29,18 +29,6 @@ _U32 = np.uint64(32)
 _CONTIGUOUS_MIN_RUN = 8  # stages with shorter runs use strided runs across groups
 
 
-@nb.njit(inline="always")
-def _reduce_once(x, q):
-    """x in [0, 2q) → x mod q, branch-free."""
-    return x - q if x >= q else x
-
-
-@nb.njit(inline="always")
-def _mul_shoup(x, w, wp, q):
-    r = x * w - ((x * wp) >> _U32) * q
-    return r - q if r >= q else r
-
-
 @nb.njit(inline="never", cache=True)
 def _ct_butterflies(a, b, q, w, wp):
     """(a, b) ← (a + w·b, a − w·b) mod q over two disjoint uint32 runs, one twiddle w.

@@ -154,12 +154,11 @@ class KeyGenerator:
     def evaluation_keys(
         self, sk: SecretKey, *, relin: bool = True, rotations: list[int] | tuple[int, ...] = ()
     ) -> EvaluationKeys:
-        from hecnn.ckks.encoder import Encoder
+        from hecnn.ckks.encoder import galois_element
 
-        enc = Encoder(self.ctx.n)
         galois = {}
         for r in rotations:
-            g = enc.galois_element(r)
+            g = galois_element(self.ctx.n, r)
             if g != 1 and g not in galois:
                 galois[g] = self.galois_key(sk, g)
         return EvaluationKeys(sk.params, self.relin_key(sk) if relin else None, galois)
