@@ -149,3 +149,21 @@ def test_cli_train_and_eval(isolated_data):
     assert res.exit_code == 0, res.output
     last = res.output.strip().splitlines()[-1]
     assert last.startswith("accuracy=") and 0 <= float(last.split("=")[1]) <= 100
+
+
+def test_augmented_training_is_seeded_and_learns(tmp_path):
+    """``augment=True`` on digits uses rotation/scale/shift (no flips) and stays reproducible."""
+    splits = tiny_splits()
+    a = train(cfg(tmp_path / "a", epochs=3, augment=True), splits, log=lambda s: None)
+    b = train(cfg(tmp_path / "b", epochs=3, augment=True), splits, log=lambda s: None)
+    assert a["history"][-1]["loss"] == b["history"][-1]["loss"]
+    assert a["test_accuracy"] > 50  # 4 classes: chance is 25 %
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (none here)")
+def test_training_on_cuda_matches_cpu_accuracy_band(tmp_path):
+    splits = tiny_splits()
+    meta = train(cfg(tmp_path, epochs=3, device="cuda"), splits, log=lambda s: None)
+    assert meta["test_accuracy"] > 60
+    model = load_trained(tmp_path / "m.pt")  # saved from the GPU, loads on the CPU
+    assert next(model.parameters()).device.type == "cpu"

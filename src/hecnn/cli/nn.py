@@ -56,6 +56,7 @@ def train(
     augment: Annotated[bool, typer.Option(help="random crop + flip (CIFAR)")] = False,
     eval_each_epoch: Annotated[bool, typer.Option(help="test accuracy after every epoch")] = True,
     threads: Annotated[int, typer.Option(help="torch CPU threads")] = 1,
+    device: Annotated[str, typer.Option(help="torch device: cpu | cuda")] = "cpu",
     data: Annotated[
         Path | None, typer.Option(help="dataset directory (else $HECNN_DATA, ...)")
     ] = None,
@@ -85,6 +86,7 @@ def train(
         augment=augment,
         eval_each_epoch=eval_each_epoch,
         threads=threads,
+        device=device,
         verify=verify,
         data_dir=str(data) if data else None,
         out=str(out),

@@ -449,8 +449,8 @@ def to_float(x: np.ndarray | torch.Tensor, dataset: str = "mnist") -> torch.Tens
     if dataset in NORMALIZATION:
         mean, std = NORMALIZATION[dataset]
         if len(mean) == t.shape[1]:
-            m = torch.tensor(mean).reshape(1, -1, 1, 1)
-            s = torch.tensor(std).reshape(1, -1, 1, 1)
+            m = torch.tensor(mean, device=t.device).reshape(1, -1, 1, 1)
+            s = torch.tensor(std, device=t.device).reshape(1, -1, 1, 1)
             t = (t - m) / s
     return t
 
@@ -505,7 +505,7 @@ def augment(
     medical sets get rotation/crop/scale augmentation without torchvision.
     """
     n = x.shape[0]
-    u = torch.rand(n, 4, generator=generator)
+    u = torch.rand(n, 4, generator=generator).to(x.device)
     ang = (u[:, 0] * 2 - 1) * rotation * torch.pi / 180
     s = scale[0] + u[:, 1] * (scale[1] - scale[0])
     tx, ty = (u[:, 2] * 2 - 1) * translate * 2, (u[:, 3] * 2 - 1) * translate * 2
@@ -523,12 +523,13 @@ def random_crop_flip(
     """CIFAR's standard augmentation: random crop after ``pad`` zero padding + horizontal flip."""
     n, _, h, w = x.shape
     xp = F.pad(x, (pad, pad, pad, pad))
-    i = torch.randint(0, 2 * pad + 1, (n,), generator=generator)
-    j = torch.randint(0, 2 * pad + 1, (n,), generator=generator)
-    rows = (i[:, None] + torch.arange(h)[None]).reshape(n, 1, h, 1)
-    cols = (j[:, None] + torch.arange(w)[None]).reshape(n, 1, 1, w)
-    flip = torch.rand(n, generator=generator) < 0.5
+    dev = x.device  # random draws on the CPU generator (reproducible), indices on x's device
+    i = torch.randint(0, 2 * pad + 1, (n,), generator=generator).to(dev)
+    j = torch.randint(0, 2 * pad + 1, (n,), generator=generator).to(dev)
+    rows = (i[:, None] + torch.arange(h, device=dev)[None]).reshape(n, 1, h, 1)
+    cols = (j[:, None] + torch.arange(w, device=dev)[None]).reshape(n, 1, 1, w)
+    flip = (torch.rand(n, generator=generator) < 0.5).to(dev)
     cols = torch.where(flip.reshape(n, 1, 1, 1), cols.flip(-1), cols)
-    idx_n = torch.arange(n).reshape(n, 1, 1, 1)
-    idx_c = torch.arange(x.shape[1]).reshape(1, -1, 1, 1)
+    idx_n = torch.arange(n, device=dev).reshape(n, 1, 1, 1)
+    idx_c = torch.arange(x.shape[1], device=dev).reshape(1, -1, 1, 1)
     return xp[idx_n, idx_c, rows, cols]

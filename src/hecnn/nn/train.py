@@ -32,7 +32,7 @@ import torch.nn.functional as F  # noqa: N812 (the usual alias)
 from torch import nn
 
 from hecnn.nn.activations import PolyActivation, TrainablePoly, poly_param_groups
-from hecnn.nn.data import Splits, load_dataset, random_crop_flip, to_float
+from hecnn.nn.data import Splits, augment, load_dataset, random_crop_flip, to_float
 from hecnn.nn.models import build_model
 
 __all__ = [
@@ -85,6 +85,7 @@ class TrainConfig:
     augment: bool = False
     eval_each_epoch: bool = True  # off: test accuracy only after the last epoch (saves time)
     threads: int = 1
+    device: str = "cpu"  # torch device for training ("cuda" on a GPU machine)
     verify: bool = True  # check dataset checksums
     data_dir: str | None = None
     out: str = "runs/model"  # output stem: writes OUT.pt, OUT.json, OUT.ckpt.pt
@@ -104,9 +105,11 @@ def evaluate(
 ) -> float:
     """Top-1 accuracy in percent of ``model`` (put in eval mode) on uint8 images ``x``."""
     model.eval()
+    device = next(iter(model.parameters()), torch.empty(0)).device
     correct = 0
     for i in range(0, len(y), batch_size):
-        logits = model(to_float(x[i : i + batch_size], dataset))
+        xb = torch.as_tensor(np.asarray(x[i : i + batch_size])).to(device)
+        logits = model(to_float(xb, dataset)).cpu()
         correct += int((logits.argmax(1) == torch.as_tensor(y[i : i + batch_size])).sum())
     return 100.0 * correct / max(len(y), 1)
 
@@ -153,10 +156,12 @@ def train(
     xtr, ytr = _subset(splits.x_train, splits.y_train, cfg.train_subset, cfg.seed)
     xte, yte = _subset(splits.x_test, splits.y_test, cfg.test_subset, cfg.seed + 1)
     num_classes = int(max(splits.y_train.max(), splits.y_test.max())) + 1
-    xtr_t, ytr_t = torch.as_tensor(xtr), torch.as_tensor(ytr)
+    device = torch.device(cfg.device)
+    # the whole (uint8) training set lives on the device: batches are gathered there
+    xtr_t, ytr_t = torch.as_tensor(xtr).to(device), torch.as_tensor(ytr).to(device)
 
-    model = build_model(cfg.model, cfg.activation, num_classes=num_classes)
-    teacher = load_trained(cfg.teacher) if cfg.teacher else None
+    model = build_model(cfg.model, cfg.activation, num_classes=num_classes).to(device)
+    teacher = load_trained(cfg.teacher).to(device) if cfg.teacher else None
     teacher_logits = None
     if teacher is not None and not cfg.augment:
         # without augmentation the teacher sees the same images every epoch: run it once
@@ -200,10 +205,10 @@ def train(
         with _progress() as bar:
             task = bar.add_task(f"epoch {epoch + 1}/{cfg.epochs}", total=steps_per_epoch, info="")
             for i in range(steps_per_epoch):
-                idx = perm[i * cfg.batch_size : (i + 1) * cfg.batch_size]
+                idx = perm[i * cfg.batch_size : (i + 1) * cfg.batch_size].to(device)
                 xb, yb = to_float(xtr_t[idx], cfg.dataset), ytr_t[idx]
                 if cfg.augment:
-                    xb = random_crop_flip(xb, generator=gen)
+                    xb = _augment(xb, cfg.dataset, gen)
                 logits = model(xb)
                 if teacher is not None:
                     if teacher_logits is not None:
@@ -260,7 +265,7 @@ def train(
             log(f"stopped after epoch {epoch + 1}; rerun to resume from {ckpt_path}")
             return None
 
-    model.eval()
+    model.eval().cpu()
     if history and history[-1]["test_acc"] is not None:
         final_acc = history[-1]["test_acc"]
     else:
@@ -285,6 +290,13 @@ def train(
     torch.save(model.state_dict(), out.with_suffix(".pt"))
     out.with_suffix(".json").write_text(json.dumps(meta, indent=2) + "\n")
     return meta
+
+
+def _augment(x: torch.Tensor, dataset: str, gen: torch.Generator) -> torch.Tensor:
+    """CIFAR: random crop + horizontal flip; digits (no flips): small rotation/scale/shift."""
+    if dataset == "cifar10":
+        return random_crop_flip(x, generator=gen)
+    return augment(x, rotation=10.0, scale=(0.9, 1.1), translate=0.08, generator=gen)
 
 
 def _ranges(model: nn.Module) -> dict[str, dict]:
