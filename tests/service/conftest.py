@@ -1,0 +1,126 @@
+"""Service fixtures: a tiny model compiled for a tiny ring (N=2^10, below 128-bit security:
+tests only, through the explicit test-only switches) and real ``hecnn serve`` processes on
+loopback."""
+
+from __future__ import annotations
+
+import os
+import queue
+import re
+import signal
+import subprocess
+import sys
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from hecnn.compile import compile_model, save_plan
+from hecnn.nn.activations import Square
+
+TINY_RING = 1 << 10
+
+
+def tiny_model() -> nn.Module:
+    torch.manual_seed(7)
+    return nn.Sequential(nn.Conv2d(1, 3, 3), Square(), nn.Flatten(), nn.Linear(3 * 4 * 4, 4)).eval()
+
+
+def tiny_images(n: int, seed: int) -> np.ndarray:
+    return np.random.default_rng(seed).normal(size=(n, 1, 6, 6)).astype(np.float32)
+
+
+def plaintext(model: nn.Module, x: np.ndarray) -> np.ndarray:
+    with torch.no_grad():
+        return model(torch.as_tensor(np.asarray(x, dtype=np.float32))).double().numpy()
+
+
+def check_against_plaintext(got: np.ndarray, ref: np.ndarray, tol: float) -> None:
+    """Encrypted logits vs the plaintext model: max error within ``tol``, and every label equal
+    unless the plaintext top-2 margin is itself within the error (a genuine near-tie)."""
+    err = np.abs(got - ref).max()
+    assert err < tol, f"max logit error {err:.3g} ≥ {tol}"
+    top2 = np.sort(ref, axis=1)[:, -2:]
+    tie = (top2[:, 1] - top2[:, 0]) < 2 * tol
+    assert np.all((got.argmax(1) == ref.argmax(1)) | tie)
+    assert np.mean(got.argmax(1) == ref.argmax(1)) >= 0.9
+
+
+@pytest.fixture(scope="session")
+def tiny():
+    model = tiny_model()
+    calib = tiny_images(64, 0)
+    plan = compile_model(model, (1, 6, 6), batch=8, calib=calib, insecure_ring_for_tests=TINY_RING)
+    return model, plan
+
+
+@pytest.fixture(scope="session")
+def tiny_plan_file(tiny, tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("plan") / "tiny.hecnn"
+    save_plan(tiny[1], path)
+    return path
+
+
+@dataclass
+class ServerProcess:
+    proc: subprocess.Popen
+    url: str
+    state_dir: Path
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 60) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+        return self.proc.wait(timeout)
+
+
+def start_server(args: list[str], state_dir: Path, timeout: float = 120) -> ServerProcess:
+    """``hecnn serve ARGS --port 0`` as a real process; returns once it prints its URL."""
+    cmd = [sys.executable, "-c", "from hecnn.cli import main; main()", "serve", *args]
+    cmd += ["--host", "127.0.0.1", "--port", "0", "--state-dir", str(state_dir)]
+    env = {**os.environ, "HECNN_THREADS": "2"}
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    lines: queue.Queue[str | None] = queue.Queue()
+
+    def pump(stream) -> None:
+        for line in stream:
+            lines.put(line)
+        lines.put(None)
+
+    threading.Thread(target=pump, args=(proc.stdout,), daemon=True).start()
+    err_lines: list[str] = []
+    threading.Thread(target=lambda: err_lines.extend(proc.stderr), daemon=True).start()
+    seen = []
+    while True:
+        try:
+            line = lines.get(timeout=timeout)
+        except queue.Empty:
+            proc.kill()
+            raise AssertionError(f"server did not start: {seen} {err_lines}") from None
+        if line is None:
+            proc.wait()
+            raise AssertionError(f"server exited: {''.join(seen)} {''.join(err_lines)}")
+        seen.append(line)
+        m = re.search(r"on (http://127\.0\.0\.1:\d+)", line)
+        if m:
+            return ServerProcess(proc, m.group(1), state_dir)
+
+
+@pytest.fixture()
+def server_factory():
+    """Start servers; every one still running at the end is killed."""
+    started: list[ServerProcess] = []
+
+    def make(args: list[str], state_dir: Path) -> ServerProcess:
+        s = start_server(args, state_dir)
+        started.append(s)
+        return s
+
+    yield make
+    for s in started:
+        if s.proc.poll() is None:
+            s.proc.kill()
+            s.proc.wait(30)
