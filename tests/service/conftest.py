@@ -65,6 +65,23 @@ def tiny_plan_file(tiny, tmp_path_factory) -> Path:
     return path
 
 
+@pytest.fixture(scope="session")
+def medium(tmp_path_factory):
+    """A model whose encrypted run takes a noticeable moment (800 hidden ciphertexts), so that
+    jobs are still queued when a test kills the server. Returns (model, plan, plan file)."""
+    torch.manual_seed(8)
+    model = nn.Sequential(
+        nn.Conv2d(1, 8, 3), Square(), nn.Flatten(), nn.Linear(8 * 10 * 10, 4)
+    ).eval()
+    calib = np.random.default_rng(0).normal(size=(64, 1, 12, 12)).astype(np.float32)
+    plan = compile_model(
+        model, (1, 12, 12), batch=8, calib=calib, insecure_ring_for_tests=TINY_RING
+    )
+    path = tmp_path_factory.mktemp("plan") / "medium.hecnn"
+    save_plan(plan, path)
+    return model, plan, path
+
+
 @dataclass
 class ServerProcess:
     proc: subprocess.Popen
