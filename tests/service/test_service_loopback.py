@@ -232,3 +232,27 @@ def test_python_api_over_real_http(server_factory, tiny, tiny_plan_file, tmp_pat
     secret = (tmp_path / "k" / "secret.hecnn").read_bytes()
     classify(srv.url, x[:2], keys_dir=tmp_path / "k", allow_insecure_test_only=True)
     assert (tmp_path / "k" / "secret.hecnn").read_bytes() == secret
+
+
+def test_cli_classify_npz_with_labels_and_csv(server_factory, tiny, tiny_plan_file, tmp_path):
+    model, _ = tiny
+    srv = server_factory([str(tiny_plan_file), "--allow-insecure-test-only"], tmp_path / "s")
+    x = tiny_images(12, 31)
+    ref = plaintext(model, x)
+    np.savez(tmp_path / "imgs.npz", x=x, y=ref.argmax(1))
+    common = ["client", "classify", "--server", srv.url, "--allow-insecure-test-only"]
+    proc = _cli(*common, str(tmp_path / "imgs.npz"), "--out", str(tmp_path / "r.csv"))
+    assert proc.stdout.strip().splitlines()[-1].startswith("classified=12 accuracy=")
+    rows = (tmp_path / "r.csv").read_text().splitlines()
+    assert rows[0].startswith("index,label,p0") and len(rows) == 13
+    labels = np.array([int(r.split(",")[1]) for r in rows[1:]])
+    assert np.mean(labels == ref.argmax(1)) >= 0.9
+    x_file = tmp_path / "imgs.npz"
+    # a refused request ends with a clear error and exit code 2, not a traceback
+    bad = subprocess.run(
+        [sys.executable, "-c", "from hecnn.cli import main; main()", *common[:4], str(x_file)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert bad.returncode == 2 and "128-bit" in bad.stderr and "Traceback" not in bad.stderr
