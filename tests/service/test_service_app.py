@@ -6,7 +6,7 @@ import time
 
 import numpy as np
 import pytest
-from conftest import check_against_plaintext, plaintext, tiny_images
+from _svchelpers import check_against_plaintext, plaintext, tiny_images
 from fastapi.testclient import TestClient
 
 from hecnn.ckks import serialize

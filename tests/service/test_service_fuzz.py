@@ -8,7 +8,7 @@ import struct
 from urllib.parse import quote
 
 import pytest
-from conftest import tiny_images
+from _svchelpers import tiny_images
 from fastapi.testclient import TestClient
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st

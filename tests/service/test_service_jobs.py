@@ -4,7 +4,7 @@ import json
 import time
 
 import pytest
-from conftest import check_against_plaintext, plaintext, tiny_images
+from _svchelpers import check_against_plaintext, plaintext, tiny_images
 from fastapi.testclient import TestClient
 
 from hecnn.ckks import serialize

@@ -11,7 +11,7 @@ import time
 import httpx
 import numpy as np
 import pytest
-from conftest import check_against_plaintext, plaintext, tiny_images
+from _svchelpers import check_against_plaintext, plaintext, tiny_images
 
 from hecnn.ckks import serialize
 from hecnn.runtime import decrypt_outputs, encrypt_images, run
