@@ -42,3 +42,12 @@ class SerializationError(HecnnError, ValueError):
 
 class UnsupportedLayerError(HecnnError):
     """The compiler met an operation it cannot evaluate homomorphically."""
+
+
+class ServiceError(HecnnError):
+    """The hecnn server refused a request or could not be reached (``status`` is the HTTP code,
+    0 when no answer came)."""
+
+    def __init__(self, message: str, status: int = 0) -> None:
+        super().__init__(message)
+        self.status = status

@@ -86,3 +86,74 @@ def test_fuzzed_input_only_raises_hecnn_errors(ctx, keys, data):
     except HecnnError:
         return
     assert blob == base and isinstance(obj, PublicKey)
+
+
+def _reseal(blob: bytes, meta: dict, body: bytes) -> bytes:
+    """Doctored metadata/payload with a valid checksum: reaches the checks behind the digest."""
+    import hashlib
+    import json
+    import struct
+
+    head = struct.Struct("<4sHH16sIQ32s")
+    magic, version, kind, fprint, *_ = head.unpack_from(blob)
+    mb = json.dumps(meta).encode()
+    digest = hashlib.sha256(mb + body).digest()
+    return head.pack(magic, version, kind, fprint, len(mb), len(body), digest) + mb + body
+
+
+@pytest.mark.parametrize("which", ["params", "public", "evk", "batch", "secret"])
+@settings(
+    max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(data=st.data())
+def test_every_kind_fuzzed_behind_the_checksum(ctx, keys, which, data):
+    import json
+
+    sk, pk, evk = keys
+    obj = {
+        "params": ctx.params,
+        "public": pk,
+        "evk": evk,
+        "batch": encrypt(ctx, np.ones((2, 8)), pk),
+        "secret": sk,
+    }[which]
+    base = serialize.dumps(obj)
+    _, _, meta, payload = serialize.read_header(base)
+    body = bytes(payload)
+    mode = data.draw(st.sampled_from(["flip", "truncate", "meta", "payload", "header"]))
+    if mode == "flip":
+        pos = data.draw(st.integers(0, len(base) - 1))
+        blob = base[:pos] + bytes([base[pos] ^ 0x5A]) + base[pos + 1 :]
+    elif mode == "truncate":
+        blob = base[: data.draw(st.integers(0, len(base) - 1))]
+    elif mode == "meta":
+        m = json.loads(json.dumps(meta))
+        section = data.draw(st.sampled_from(["params", "arrays", "scale"]))
+        value = data.draw(
+            st.none()
+            | st.integers(-(2**80), 2**80)
+            | st.floats()
+            | st.text(max_size=5)
+            | st.lists(st.integers(-5, 1 << 20), max_size=4)
+        )
+        if section == "params":
+            m["params"][data.draw(st.sampled_from(sorted(m["params"])))] = value
+        elif section == "arrays" and m["arrays"]:
+            entry = data.draw(st.sampled_from(m["arrays"]))
+            entry[data.draw(st.sampled_from(["name", "dtype", "shape", "offset"]))] = value
+        else:
+            m["scale"] = value
+        blob = _reseal(base, m, body)
+    elif mode == "payload" and body:
+        raw = bytearray(body)
+        pos = data.draw(st.integers(0, len(raw) - 1))
+        raw[pos] = data.draw(st.integers(0, 255))
+        blob = _reseal(base, meta, bytes(raw))
+    else:  # header fields: version, kind, fingerprint, lengths
+        field = data.draw(st.integers(4, 63))
+        blob = base[:field] + bytes([base[field] ^ 0xFF]) + base[field + 1 :]
+    try:
+        serialize.loads(blob, ctx, allow_secret=True)
+        serialize.loads(blob, allow_secret=True)
+    except HecnnError:
+        pass

@@ -8,7 +8,6 @@ loader refuses secret keys, so the server process cannot hold one.
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 
@@ -16,34 +15,25 @@ import numpy as np
 import typer
 
 from hecnn.cli.main import app
-from hecnn.errors import HecnnError, SerializationError
+from hecnn.errors import SerializationError
 
 
 def _plan(spec: dict):
-    from hecnn.compile import compile_model
-    from hecnn.nn import bundled
+    from hecnn.compile import compile_bundled
 
-    images, _ = bundled.sample_images()
-    calib = np.asarray(bundled.to_float(images[:256]), dtype=np.float32)
-    model = bundled.load_model(spec["model"])
-    return compile_model(model, tuple(spec["input_shape"]), batch=spec["batch"], calib=calib)
+    return compile_bundled(spec["model"], batch=spec["batch"])
 
 
 def _read(path: Path, ctx=None, **kw):
-    from hecnn.ckks import serialize
+    from hecnn.runtime.files import read_object
 
-    try:
-        data = path.read_bytes()
-    except OSError as exc:
-        raise HecnnError(f"cannot read {path}: {exc.strerror}") from None
-    return serialize.loads(data, ctx, **kw)
+    return read_object(path, ctx, **kw)
 
 
 def _spec(keys: Path) -> dict:
-    try:
-        return json.loads((keys / "spec.json").read_text())
-    except (OSError, json.JSONDecodeError) as exc:
-        raise HecnnError(f"{keys}/spec.json missing or malformed: {exc}") from None
+    from hecnn.runtime.files import read_spec
+
+    return read_spec(keys)
 
 
 @app.command()
@@ -53,24 +43,11 @@ def keygen(
     batch: int = typer.Option(8192, help="Images per ciphertext batch."),
 ) -> None:
     """Client: compile the plan's parameters and generate secret, public and evaluation keys."""
-    from hecnn.ckks import serialize
-    from hecnn.ckks.context import CkksContext
-    from hecnn.ckks.keys import KeyGenerator
+    from hecnn.runtime.files import generate_keys, write_key_dir
 
     spec = {"model": model, "batch": batch, "input_shape": [1, 28, 28]}
     plan = _plan(spec)
-    ctx = CkksContext(plan.params)
-    kg = KeyGenerator(ctx)
-    sk = kg.secret_key()
-    out.mkdir(parents=True, exist_ok=True)
-    spec["fingerprint"] = plan.params.fingerprint
-    (out / "spec.json").write_text(json.dumps(spec, indent=1))
-    (out / "params.hecnn").write_bytes(serialize.dumps(plan.params))
-    (out / "public.hecnn").write_bytes(serialize.dumps(kg.public_key(sk)))
-    (out / "eval.hecnn").write_bytes(serialize.dumps(kg.evaluation_keys(sk)))
-    secret = out / "secret.hecnn"
-    secret.write_bytes(serialize.dumps(sk))
-    secret.chmod(0o600)
+    write_key_dir(out, generate_keys(plan.params), spec)
     typer.echo(f"keys for {model} (batch {batch}, {plan.params.describe()}) in {out}")
 
 
@@ -83,19 +60,14 @@ def encrypt(
     """Client: encrypt images with the public key."""
     from hecnn.ckks import serialize
     from hecnn.ckks.context import CkksContext
-    from hecnn.nn import bundled
     from hecnn.runtime import encrypt_images
+    from hecnn.runtime.files import load_images, prepare_images
 
     spec = _spec(keys)
     params = _read(keys / "params.hecnn", expect=serialize.Kind.PARAMS)
     ctx = CkksContext(params)
     pk = _read(keys / "public.hecnn", ctx, expect=serialize.Kind.PUBLIC_KEY)
-    try:
-        with np.load(images) as d:
-            x = d["x"]
-    except (OSError, KeyError, ValueError) as exc:
-        raise HecnnError(f"cannot read images from {images}: {exc}") from None
-    x = np.asarray(bundled.to_float(x) if x.dtype == np.uint8 else x, dtype=np.float64)
+    x = prepare_images(load_images(images, tuple(spec["input_shape"]))[0])
     plan = _plan(spec)
     t0 = time.perf_counter()
     ct = encrypt_images(plan, ctx, pk, x)
@@ -115,14 +87,14 @@ def infer(
     from hecnn.ckks import serialize
     from hecnn.ckks.context import CkksContext
     from hecnn.runtime import run
+    from hecnn.runtime.files import require_secure
 
     spec = _spec(keys)
     plan = _plan(spec)
     params = _read(keys / "params.hecnn", expect=serialize.Kind.PARAMS)
     if params.fingerprint != plan.params.fingerprint:
         raise SerializationError("the keys were made for a different plan (parameters differ)")
-    if params.insecure_test_only:
-        raise SerializationError("refusing parameters below 128-bit security on the server side")
+    require_secure(params)
     ctx = CkksContext(params)
     evk = _read(keys / "eval.hecnn", ctx, expect=serialize.Kind.EVALUATION_KEYS)
     ct = _read(inp, ctx, expect=serialize.Kind.CIPHERTEXT_BATCH)

@@ -16,7 +16,7 @@ from hecnn.compile.levels import (
 )
 from hecnn.compile.passes import block_weights, fold_leading_coefficients, merge_affine
 from hecnn.compile.trace import trace
-from hecnn.errors import ShapeError
+from hecnn.errors import HecnnError, ShapeError
 
 #: headroom on the largest calibrated output when sizing the base modulus
 OUTPUT_MARGIN = 4.0
@@ -83,3 +83,25 @@ def compile_model(
         model_name=type(model).__name__,
         warnings=warnings,
     )
+
+
+def compile_bundled(
+    name: str, *, batch: int = 8192, insecure_ring_for_tests: int | None = None
+) -> Plan:
+    """The plan of bundled model ``name`` for (1, 28, 28) MNIST inputs, calibrated on 256 of the
+    bundled test images: the plan ``hecnn keygen|infer`` and ``hecnn serve`` agree on."""
+    from hecnn.nn import bundled
+
+    if name not in bundled.names():
+        raise HecnnError(f"no bundled model {name!r}; have {bundled.names()}")
+    images, _ = bundled.sample_images()
+    calib = np.asarray(bundled.to_float(images[:256]), dtype=np.float32)
+    plan = compile_model(
+        bundled.load_model(name),
+        (1, 28, 28),
+        batch=batch,
+        calib=calib,
+        insecure_ring_for_tests=insecure_ring_for_tests,
+    )
+    plan.model_name = name
+    return plan

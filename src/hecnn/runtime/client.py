@@ -6,17 +6,30 @@ one image per slot.
 
 from __future__ import annotations
 
+from typing import Protocol
+
 import numpy as np
 
 from hecnn.ckks.batch import CiphertextBatch
 from hecnn.ckks.context import CkksContext
 from hecnn.ckks.encryption import decrypt, encrypt
 from hecnn.ckks.keys import PublicKey, SecretKey
-from hecnn.compile.ir import Plan
+from hecnn.ckks.params import CkksParameters
 from hecnn.errors import ShapeError
 
 
-def pack(plan: Plan, images: np.ndarray) -> np.ndarray:
+class InputSpec(Protocol):
+    """What packing needs to know of a plan: a :class:`~hecnn.compile.ir.Plan`, or the
+    description a server publishes (the client never sees the model's weights)."""
+
+    @property
+    def input_shape(self) -> tuple[int, ...]: ...
+
+    @property
+    def params(self) -> CkksParameters: ...
+
+
+def pack(plan: InputSpec, images: np.ndarray) -> np.ndarray:
     """(B, *input_shape) float images → (features, B) slot matrix."""
     x = np.asarray(images, dtype=np.float64)
     if tuple(x.shape[1:]) != plan.input_shape:
@@ -29,7 +42,7 @@ def pack(plan: Plan, images: np.ndarray) -> np.ndarray:
 
 
 def encrypt_images(
-    plan: Plan, ctx: CkksContext, key: PublicKey | SecretKey, images: np.ndarray
+    plan: InputSpec, ctx: CkksContext, key: PublicKey | SecretKey, images: np.ndarray
 ) -> CiphertextBatch:
     return encrypt(ctx, pack(plan, images), key)
 
