@@ -92,6 +92,39 @@ def test_multiply_relinearize_rescale(ctx, keys, rng):
     assert np.abs(decrypt(ctx, x8, sk) - x**8).max() < 5 * TOL
 
 
+def test_unrelinearized_products_grow_components(ctx, keys, rng):
+    """(3 comps)·(3 comps) → 5, (3 comps)² → 5, 3⊗2 → 4 decrypt with s..s⁴ to the products.
+
+    Products beyond 3 components are used unrescaled (the rescale-free tail of a plan): the
+    rounding of a rescale would meet s⁴ at decryption. A 3-component rescale is fine, its
+    rounding meets s² (here, N=2^12 at scale 2^26: errors up to ~1e-2 instead of ~1e-4)."""
+    tol = 2 * TOL
+    sk, pk, _evk = keys
+    x, y, z = _x(rng, ctx=ctx), _x(rng, ctx=ctx), _x(rng, ctx=ctx)
+    cx, cy, cz = (encrypt(ctx, v, pk) for v in (x, y, z))
+    xy = cx.mul(cy).rescale()
+    assert xy.components == 3
+    assert np.abs(decrypt(ctx, xy, sk) - x * y).max() < tol
+    sq = xy.square()
+    assert sq.components == 5
+    assert np.abs(decrypt(ctx, sq, sk) - (x * y) ** 2).max() < tol
+    zz = cz.mul(cz).rescale()
+    xyzz = xy.mul(zz)
+    assert xyzz.components == 5
+    assert np.abs(decrypt(ctx, xyzz, sk) - x * y * z * z).max() < tol
+    mixed = xy.mul(cz.drop_to(xy.level))  # 3 ⊗ 2 → 4 components
+    assert mixed.components == 4
+    assert np.abs(decrypt(ctx, mixed, sk) - x * y * z).max() < tol
+    # linear maps, scalars and additions work on any component count, without a rescale
+    w = np.array([[0.5, -1.0, 0.25], [-2.0, 0.0, 1.0]])
+    lin = sq.linear_combination(w, bias=np.array([0.1, -0.2]), weight_scale=2.0**12)
+    assert lin.components == 5
+    want = w @ ((x * y) ** 2) + np.array([[0.1], [-0.2]])
+    assert np.abs(decrypt(ctx, lin, sk) - want).max() < 3 * tol
+    total = sq + mixed.mul_scalar(3.0, scale=sq.scale / mixed.scale)
+    assert np.abs(decrypt(ctx, total, sk) - ((x * y) ** 2 + 3 * x * y * z)).max() < 3 * tol
+
+
 @pytest.mark.parametrize("steps", [1, 2, 5, -1])
 def test_rotate(ctx, keys, rng, steps):
     sk, pk, evk = keys
@@ -148,8 +181,10 @@ def test_mismatched_operands_raise(ctx, keys, rng):
         decrypt(ctx, c, osk)
     with pytest.raises(ParameterError):
         encrypt(ctx, np.zeros((1, 4)), okg.public_key(osk))
-    with pytest.raises(HecnnError):
-        c.square().square()
+    with pytest.raises(HecnnError, match="components"):
+        c.square().square().square()  # 9 components
+    with pytest.raises(ParameterError, match="only 3-component"):
+        c.square().rescale().square().relinearize(_evk)  # 5 components: no key for s³, s⁴
     with pytest.raises(ShapeError):
         encrypt(ctx, np.zeros((1, ctx.params.slots + 1)), pk)
     with pytest.raises(ShapeError):

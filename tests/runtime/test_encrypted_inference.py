@@ -107,3 +107,49 @@ def test_runtime_rejects_foreign_keys_and_wrong_shapes():
     okg = KeyGenerator(CkksContext(other.params))
     with pytest.raises(ParameterError):
         run(plan, ct, okg.evaluation_keys(okg.secret_key()))
+
+
+class TwoSquares(nn.Module):
+    """CryptoNets' shape: conv → x² → linear → poly (lead folded) → linear."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(1, 3, 3, stride=2)
+        self.a1 = Square()
+        self.fc1 = nn.Linear(27, 12)
+        self.a2 = TrainablePoly(2, "element", shape=(12,))
+        self.fc2 = nn.Linear(12, 4)
+
+    def forward(self, x):
+        return self.fc2(self.a2(self.fc1(torch.flatten(self.a1(self.conv(x)), 1))))
+
+
+@pytest.mark.parametrize("tail", [True, False])
+def test_relinearization_free_tail_equals_plaintext(tail):
+    """The rescale-free tail (no key switch at all, 5-component outputs) and the relinearized
+    plan both agree with the plaintext model; the tail saves every relinearization and a level."""
+    torch.manual_seed(5)
+    model = TwoSquares().eval()
+    with torch.no_grad():
+        model.a2.a.uniform_(0.05, 0.3)  # a·x² + b·x + c with varied per-feature coefficients
+        model.a2.b.uniform_(-0.5, 0.5)
+    x = torch.randn(16, 1, 7, 7)
+    plan = compile_model(
+        model, (1, 7, 7), batch=16, calib=x, insecure_ring_for_tests=RING, relin_free_tail=tail
+    )
+    relins = sum(plan.relinearizations().values())
+    out = plan.node(plan.output)
+    if tail:
+        assert relins == 0 and out.components == 5 and not out.rescale
+    else:
+        assert relins == 12 and out.components == 3 and out.rescale
+    ctx = CkksContext(plan.params)
+    kg = KeyGenerator(ctx)
+    sk = kg.secret_key()
+    res = run(plan, encrypt_images(plan, ctx, kg.public_key(sk), x.numpy()), kg.evaluation_keys(sk))
+    assert res.components == out.components
+    got = decrypt_outputs(ctx, sk, res, len(x))
+    with torch.no_grad():
+        ref = model(x).double().numpy()
+    assert np.abs(got - ref).max() < 1e-2 * max(1.0, np.abs(ref).max())
+    assert (got.argmax(1) == ref.argmax(1)).all()

@@ -22,6 +22,12 @@ from hecnn.errors import LevelError, ParameterError, ScaleError, ShapeError
 
 #: Relative scale mismatch tolerated when adding (scales differ by rescale rounding only).
 SCALE_RTOL = 1e-9
+#: Most components a ciphertext may carry: (c0, …, c4) decrypts as Σ c_i·s^i. Products of
+#: unrelinearized ciphertexts grow by one component per factor component; the compiler lets
+#: them grow (saving key switches) up to this bound, and the client decrypts with s², s³, s⁴.
+MAX_COMPONENTS = 5
+#: ciphertexts key-switched together by one thread: their temporaries (a few MB) stay in cache
+KEYSWITCH_CHUNK = 4
 
 
 @dataclass(eq=False)
@@ -36,8 +42,8 @@ class CiphertextBatch:
         d = self.data
         if not isinstance(d, np.ndarray) or d.dtype != np.int32 or d.ndim != 4:
             raise ShapeError("ciphertext data must be an int32 array (cts, comps, limbs, N)")
-        if d.shape[1] not in (2, 3):
-            raise ShapeError(f"a ciphertext has 2 or 3 components, got {d.shape[1]}")
+        if not 2 <= d.shape[1] <= MAX_COMPONENTS:
+            raise ShapeError(f"a ciphertext has 2 to {MAX_COMPONENTS} components, got {d.shape[1]}")
         if d.shape[3] != self.ctx.n:
             raise ShapeError(f"ring degree {d.shape[3]} does not match N={self.ctx.n}")
         if not 1 <= d.shape[2] <= self.ctx.num_data:
@@ -97,10 +103,7 @@ class CiphertextBatch:
         for b in batches:
             b._check_compatible(first, same_scale=True)
             b = b.drop_to(lvl)
-            d = b.data
-            if d.shape[1] < comps:
-                d = np.concatenate([d, np.zeros_like(d[:, :1])], axis=1)
-            parts.append(d)
+            parts.append(_pad_components(b.data, comps))
         return first._like(np.ascontiguousarray(np.concatenate(parts)), first.scale)
 
     # -- checks -------------------------------------------------------------------------------
@@ -123,11 +126,7 @@ class CiphertextBatch:
         lvl = min(self.level, other.level)
         a, b = self.drop_to(lvl), other.drop_to(lvl)
         comps = max(a.components, b.components)
-        if a.components < comps:
-            a = a._like(np.concatenate([a.data, np.zeros_like(a.data[:, :1])], axis=1))
-        if b.components < comps:
-            b = b._like(np.concatenate([b.data, np.zeros_like(b.data[:, :1])], axis=1))
-        return a, b
+        return a._like(_pad_components(a.data, comps)), b._like(_pad_components(b.data, comps))
 
     # -- additive operations ------------------------------------------------------------------
     def __add__(self, other: CiphertextBatch) -> CiphertextBatch:
@@ -150,11 +149,16 @@ class CiphertextBatch:
         added to c0 limb-wise with no transform.
         """
         v = np.broadcast_to(np.asarray(values, dtype=np.float64), (len(self),))
-        enc = np.round(v * self.scale)
-        res = self.ctx.reduce_int(enc[:, None], self.idx)[:, :, 0]  # (B, limbs)
+        res = self._encode_constants(np.round(v * self.scale))  # (B, limbs)
         out = self.data.copy()
         out[:, 0] = self.ctx.add_row_scalars(np.ascontiguousarray(out[:, 0]), res, self.idx)
         return self._like(out)
+
+    def _encode_constants(self, enc: np.ndarray) -> np.ndarray:
+        """Residues (B, limbs) of integer-valued floats (exact beyond 2^63 too: see reduce_int)."""
+        if not np.all(np.isfinite(enc)):
+            raise ScaleError("constant is not finite at this scale")
+        return self.ctx.reduce_int(enc[:, None], self.idx)[:, :, 0]
 
     def add_plain(self, plain: np.ndarray) -> CiphertextBatch:
         """Add per-slot plaintext vectors: ``plain`` (B or 1, ≤ slots) real values."""
@@ -193,51 +197,92 @@ class CiphertextBatch:
         return self._like(out, self.scale * sw)
 
     def mul(self, other: CiphertextBatch) -> CiphertextBatch:
-        """Tensor product (c0,c1)⊗(d0,d1) → (c0d0, c0d1+c1d0, c1d1): three components."""
-        if self.components != 2 or other.components != 2:
-            raise ParameterError("relinearize before multiplying ciphertexts with 3 components")
+        """Tensor product: (a_0..a_m)⊗(b_0..b_n) → c_k = Σ_{i+j=k} a_i·b_j (m+n+1 components).
+
+        Decrypting c with powers of s gives (Σ a_i s^i)(Σ b_j s^j), the product of the messages.
+        Two fresh ciphertexts give the usual three components (c0d0, c0d1+c1d0, c1d1).
+        """
         if not isinstance(other, CiphertextBatch):
             raise ParameterError(f"expected a CiphertextBatch, got {type(other).__name__}")
         if other.params.fingerprint != self.params.fingerprint:
             raise ParameterError("ciphertexts belong to different parameter sets")
+        comps = self.components + other.components - 1
+        if comps > MAX_COMPONENTS:
+            raise ParameterError(
+                f"the product would have {comps} components (at most {MAX_COMPONENTS}): "
+                "relinearize a factor first"
+            )
         lvl = min(self.level, other.level)
         a, b = self.drop_to(lvl), other.drop_to(lvl)
-        x, y = np.broadcast_arrays(a.data, b.data)
-        x, y = np.ascontiguousarray(x), np.ascontiguousarray(y)
-        idx = a.idx
-        ctx = self.ctx
-        out = np.empty((x.shape[0], 3, *x.shape[2:]), dtype=np.int32)
-        out[:, 0] = ctx.mul(np.ascontiguousarray(x[:, 0]), np.ascontiguousarray(y[:, 0]), idx)
-        out[:, 2] = ctx.mul(np.ascontiguousarray(x[:, 1]), np.ascontiguousarray(y[:, 1]), idx)
-        mid = ctx.mul(np.ascontiguousarray(x[:, 0]), np.ascontiguousarray(y[:, 1]), idx)
-        ctx.mul_add(np.ascontiguousarray(x[:, 1]), np.ascontiguousarray(y[:, 0]), mid, idx)
-        out[:, 1] = mid
+        rows = max(len(a), len(b))
+        if len(a) not in (1, rows) or len(b) not in (1, rows):
+            raise ShapeError(f"batch sizes {len(a)} and {len(b)} do not broadcast")
+        ctx, idx = self.ctx, a.idx
+        shape = (rows, *a.data.shape[2:])
+        ac = [
+            np.ascontiguousarray(np.broadcast_to(a.data[:, i], shape)) for i in range(a.components)
+        ]
+        bc = [
+            np.ascontiguousarray(np.broadcast_to(b.data[:, j], shape)) for j in range(b.components)
+        ]
+        out = np.empty((rows, comps, *a.data.shape[2:]), dtype=np.int32)
+        for k in range(comps):
+            pairs = [(i, k - i) for i in range(a.components) if 0 <= k - i < b.components]
+            acc = ctx.mul(ac[pairs[0][0]], bc[pairs[0][1]], idx)
+            for i, j in pairs[1:]:
+                ctx.mul_add(ac[i], bc[j], acc, idx)
+            out[:, k] = acc
         return CiphertextBatch(ctx, out, a.scale * b.scale)
 
     def square(self) -> CiphertextBatch:
-        """(c0, c1)² = (c0², 2·c0·c1, c1²)."""
-        if self.components != 2:
-            raise ParameterError("relinearize before squaring a ciphertext with 3 components")
+        """c_k = Σ_{i+j=k} a_i·a_j, each cross product computed once and doubled:
+        (c0, c1)² = (c0², 2·c0·c1, c1²)."""
+        comps = 2 * self.components - 1
+        if comps > MAX_COMPONENTS:
+            raise ParameterError(
+                f"the square would have {comps} components (at most {MAX_COMPONENTS}): "
+                "relinearize first"
+            )
         ctx, idx = self.ctx, self.idx
-        c0 = np.ascontiguousarray(self.data[:, 0])
-        c1 = np.ascontiguousarray(self.data[:, 1])
-        out = np.empty((len(self), 3, *c0.shape[1:]), dtype=np.int32)
-        out[:, 0] = ctx.mul(c0, c0, idx)
-        out[:, 2] = ctx.mul(c1, c1, idx)
-        mid = ctx.mul(c0, c1, idx)
-        out[:, 1] = ctx.add(mid, mid, idx)
+        ac = [np.ascontiguousarray(self.data[:, i]) for i in range(self.components)]
+        out = np.empty((len(self), comps, *ac[0].shape[1:]), dtype=np.int32)
+        for k in range(comps):
+            cross = [(i, k - i) for i in range(self.components) if i < k - i < self.components]
+            acc = None
+            if cross:
+                acc = ctx.mul(ac[cross[0][0]], ac[cross[0][1]], idx)
+                for i, j in cross[1:]:
+                    ctx.mul_add(ac[i], ac[j], acc, idx)
+                acc = ctx.add(acc, acc, idx)
+            if k % 2 == 0:
+                d = ac[k // 2]
+                if acc is None:
+                    acc = ctx.mul(d, d, idx)
+                else:
+                    ctx.mul_add(d, d, acc, idx)
+            out[:, k] = acc
         return self._like(out, self.scale * self.scale)
 
     def relinearize(self, keys: EvaluationKeys | SwitchingKey) -> CiphertextBatch:
         """(c0, c1, c2) → (c0, c1) + KeySwitch_{s²→s}(c2)."""
         if self.components == 2:
             return self
+        if self.components > 3:
+            raise ParameterError(
+                f"only 3-component ciphertexts can be relinearized (key for s²), got "
+                f"{self.components}: relinearize before the product that made it"
+            )
         rk = keys.relin_key() if isinstance(keys, EvaluationKeys) else keys
-        ctx, idx = self.ctx, self.idx
-        k0, k1 = key_switch(ctx, np.ascontiguousarray(self.data[:, 2]), self.level, rk)
+        ctx, idx, lvl = self.ctx, self.idx, self.level
         out = np.empty((len(self), 2, *self.data.shape[2:]), dtype=np.int32)
-        out[:, 0] = ctx.add(np.ascontiguousarray(self.data[:, 0]), k0, idx)
-        out[:, 1] = ctx.add(np.ascontiguousarray(self.data[:, 1]), k1, idx)
+
+        def part(lo: int, hi: int) -> None:
+            d = self.data[lo:hi]
+            k0, k1 = key_switch(ctx, np.ascontiguousarray(d[:, 2]), lvl, rk)
+            out[lo:hi, 0] = ctx.add(np.ascontiguousarray(d[:, 0]), k0, idx)
+            out[lo:hi, 1] = ctx.add(np.ascontiguousarray(d[:, 1]), k1, idx)
+
+        ctx.for_each_chunk(len(self), KEYSWITCH_CHUNK, part)
         return self._like(out)
 
     def rotate(self, steps: int, keys: EvaluationKeys) -> CiphertextBatch:
@@ -303,3 +348,11 @@ class CiphertextBatch:
         from hecnn.ckks.linear import linear_combination
 
         return linear_combination(self, weights, **kwargs)
+
+
+def _pad_components(data: np.ndarray, comps: int) -> np.ndarray:
+    """Append zero components up to ``comps``: (c0, c1) and (c0, c1, 0) decrypt alike."""
+    if data.shape[1] >= comps:
+        return data
+    pad = np.zeros((data.shape[0], comps - data.shape[1], *data.shape[2:]), dtype=data.dtype)
+    return np.concatenate([data, pad], axis=1)

@@ -115,6 +115,34 @@ class CkksContext:
         for f in futures:
             f.result()
 
+    def for_each_chunk(self, count: int, chunk: int, fn: Callable[[int, int], None]) -> None:
+        """fn(lo, hi) over consecutive chunks of at most ``chunk`` items, pulled by the pool's
+        threads one at a time.
+
+        For fused multi-kernel work on a few ciphertexts (key switching, rescaling): a chunk's
+        temporaries stay in cache between kernels, where whole-batch kernels stream every
+        intermediate array through memory. Kernels called inside ``fn`` run inline.
+        """
+        nested = threading.current_thread().name.startswith(_POOL_PREFIX)
+        if self.threads <= 1 or count <= chunk or nested:
+            for lo in range(0, count, chunk):
+                fn(lo, min(lo + chunk, count))
+            return
+        starts = iter(range(0, count, chunk))
+        lock = threading.Lock()
+
+        def worker() -> None:
+            while True:
+                with lock:
+                    lo = next(starts, None)
+                if lo is None:
+                    return
+                fn(lo, min(lo + chunk, count))
+
+        futures = [self.pool.submit(worker) for _ in range(self.threads)]
+        for f in futures:
+            f.result()
+
     def _rowwise(self, kernel, arrays: list[np.ndarray], mod_idx: np.ndarray, *extra) -> None:
         """kernel(*[a[lo:hi] for a in arrays], mod_idx[lo:hi], *extra) over row slices."""
         rows = arrays[0].shape[0]

@@ -336,42 +336,53 @@ def gather_centered(x, rows, comp, limb, q, out):
     """
     k = rows.shape[0]
     n = x.shape[3]
-    half = q // 2
+    half = np.int32(q // 2)
     qf = np.float64(q)
     for i in range(k):
         r = rows[i]
+        dst = out[i]
         if r < 0:
-            for j in range(n):
-                out[i, j] = 0.0
+            dst[:] = 0.0
             continue
+        src = x[r, comp, limb]  # one contiguous row: a branch-free, vectorized inner loop
         for j in range(n):
-            v = x[r, comp, limb, j]
-            out[i, j] = np.float64(v) - qf if v > half else np.float64(v)
+            v = src[j]
+            dst[j] = np.float64(v) - (qf if v > half else 0.0)
 
 
 @nb.njit(nogil=True, cache=True)
-def reduce_digit_products(z, digit_mul, q, out, comp, limb, out_rows):
+def reduce_digit_products(z, digit_mul, digit_shoup, q, out, comp, limb, out_rows):
     """out[out_rows[o], comp, limb, :] = Σ_t z[t, o, :]·digit_mul[t] mod q.
 
     z[t] are exact fp64 GEMM results of weight digit-plane t with |z| < 2^52. The remainder
     z − ⌊z/q⌋·q is computed in doubles: ⌊z/q⌋·q is within q of z, below 2^53, hence exact, and
     so is the difference — float→int32 conversions vectorize where int64 ones do not. Plane t
-    is then weighted by its digit factor 2^{b·t+s} mod q (digit_mul[0] = 2^s folded in too).
+    is then weighted by its digit factor 2^{b·t+s} mod q (digit_mul[0] = 2^s folded in too),
+    a fixed multiplier: Shoup's product with ``digit_shoup[t]`` = ⌊digit_mul[t]·2^32/q⌋.
     """
     chunks, outs, n = z.shape
     qf = np.float64(q)
     qinv = 1.0 / qf
+    q32 = np.uint32(q)
+    q64 = np.uint64(q)
     for o in range(outs):
         row = out[out_rows[o], comp, limb]
         for t in range(chunks):
-            w = digit_mul[t]
+            w = np.uint64(digit_mul[t])
+            wp = np.uint64(digit_shoup[t])
+            zt = z[t, o]
             for j in range(n):
-                zt = z[t, o, j]
-                r = zt - np.floor(zt * qinv) * qf
+                r = zt[j] - np.floor(zt[j] * qinv) * qf
                 r = r + qf if r < 0 else r
                 r = r - qf if r >= qf else r
-                v = _mulmod(np.int32(r), w, q, qinv)
-                row[j] = v if t == 0 else _addmod(row[j], v, q)
+                y = np.uint64(np.uint32(np.int32(r)))
+                v = np.uint32(y * w - ((y * wp) >> _U32) * q64)
+                v = min(v, np.uint32(v - q32))
+                if t == 0:
+                    row[j] = np.int32(v)
+                else:
+                    a = np.uint32(row[j]) + v
+                    row[j] = np.int32(min(a, np.uint32(a - q32)))
 
 
 @nb.njit(nogil=True, cache=True)

@@ -220,6 +220,13 @@ def linear_combination(
             )
         )
     maxout = max((e[0].shape[0] for e in encoded), default=1)
+    maxplanes = max((e[3] for e in encoded), default=1)
+    digit_factors, digit_shoup = [], []
+    for li in range(limbs):  # 2^{b·t+s} mod q and its Shoup companion, per limb and plane
+        q = int(ctx.primes[li])
+        f = [pow(2, b * t + s, q) for t in range(maxplanes)]
+        digit_factors.append(np.array(f, dtype=np.int64))
+        digit_shoup.append(np.array([(v << 32) // q for v in f], dtype=np.int64))
     jobs = [(li, c) for li in range(limbs) for c in range(comps)]
 
     def work(lo: int, hi: int) -> None:
@@ -233,9 +240,16 @@ def linear_combination(
                 z = zbuf[: stacked.shape[0]]
                 kernels.gather_centered(x, rows, c, li, np.int64(q), xb)
                 np.matmul(stacked, xb, out=z)
-                mul = np.array([pow(2, b * t + s, q) for t in range(nplanes)], dtype=np.int64)
+                mul, shoup = digit_factors[li][:nplanes], digit_shoup[li][:nplanes]
                 kernels.reduce_digit_products(
-                    z.reshape(nplanes, len(out_rows), n), mul, np.int64(q), out, c, li, out_rows
+                    z.reshape(nplanes, len(out_rows), n),
+                    mul,
+                    shoup,
+                    np.int64(q),
+                    out,
+                    c,
+                    li,
+                    out_rows,
                 )
 
     with threadpool_limits(1, user_api="blas"):

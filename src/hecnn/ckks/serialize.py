@@ -36,7 +36,7 @@ from typing import Any
 
 import numpy as np
 
-from hecnn.ckks.batch import CiphertextBatch
+from hecnn.ckks.batch import MAX_COMPONENTS, CiphertextBatch
 from hecnn.ckks.context import CkksContext
 from hecnn.ckks.keys import EvaluationKeys, PublicKey, SecretKey, SwitchingKey
 from hecnn.ckks.params import CkksParameters
@@ -286,8 +286,10 @@ def loads(
         raw = _need(arrs, "data", 4)
         if not 1 <= raw.shape[2] <= len(params.moduli):
             raise SerializationError(f"ciphertext batch has {raw.shape[2]} limbs")
-        if raw.shape[1] not in (2, 3):
-            raise SerializationError(f"a ciphertext has 2 or 3 components, got {raw.shape[1]}")
+        if not 2 <= raw.shape[1] <= MAX_COMPONENTS:
+            raise SerializationError(
+                f"a ciphertext has 2 to {MAX_COMPONENTS} components, got {raw.shape[1]}"
+            )
         _check_residues(params, raw, list(params.moduli[: raw.shape[2]]), "ciphertext batch")
         scale = meta.get("scale")
         if not isinstance(scale, (int, float)) or isinstance(scale, bool):

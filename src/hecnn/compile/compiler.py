@@ -13,6 +13,7 @@ from hecnn.compile.levels import (
     input_node,
     plan_relinearization,
     relative_depths,
+    tail_scale_bits,
 )
 from hecnn.compile.passes import block_weights, fold_leading_coefficients, merge_affine
 from hecnn.compile.trace import trace
@@ -31,11 +32,14 @@ def compile_model(
     calib: torch.Tensor | np.ndarray | None = None,
     scale_bits: int | None = None,
     fold_leading: bool = True,
+    relin_free_tail: bool = True,
     insecure_ring_for_tests: int | None = None,
 ) -> Plan:
     """Trace, fold and level ``model`` for encrypted inference on ``batch`` images at once.
 
-    ``calib`` (a few real inputs) sizes the base modulus from the largest output and checks the
+    ``relin_free_tail`` lets the last two multiplying layers run without relinearization (a
+    rescale-free tail, see :func:`hecnn.compile.levels.rescale_free_tail`). ``calib`` (a few
+    real inputs) sizes the base modulus from the largest output and checks the
     polynomial activations' recorded input ranges. ``insecure_ring_for_tests`` forces a small
     ring degree below 128-bit security — unit tests only.
     """
@@ -46,7 +50,7 @@ def compile_model(
     nodes = merge_affine(nodes, output)
     if fold_leading:
         nodes = fold_leading_coefficients(nodes, output)
-    plan_relinearization(nodes, output)
+    plan_relinearization(nodes, output, tail=relin_free_tail)
     depth = max(relative_depths(nodes).values())
     bound = DEFAULT_OUTPUT_BOUND
     warnings: list[str] = []
@@ -60,7 +64,12 @@ def compile_model(
             out = model.eval()(x)
         bound = float(out.abs().max()) * OUTPUT_MARGIN
     params = choose_parameters(
-        depth, batch, bound, scale_bits=scale_bits, insecure_ring=insecure_ring_for_tests
+        depth,
+        batch,
+        bound,
+        scale_bits=scale_bits,
+        insecure_ring=insecure_ring_for_tests,
+        tail_bits=lambda sb: tail_scale_bits(nodes, sb),
     )
     assign_levels(nodes, params.max_level)
     input_node(nodes)

@@ -33,6 +33,11 @@ class Node:
     level_in: int = -1
     level_out: int = -1
     relin_after: bool = False  # relinearize this node's output (else lazily downstream)
+    #: False in the rescale-free tail: products keep their grown scale (no level is consumed;
+    #: the base modulus holds it), so ciphertexts with 4–5 components are never rescaled —
+    #: rescaling rounds c_i, and that rounding error is multiplied by s^i at decryption
+    rescale: bool = True
+    components: int = 2  # ciphertext components of this node's output (set by the compiler)
     source: str = ""  # the torch module/function it came from, for messages and summaries
 
     @property
@@ -57,7 +62,7 @@ class AffineNode(Node):
 
     @property
     def depth(self) -> int:
-        return 1
+        return 1 if self.rescale else 0
 
     @property
     def macs(self) -> int:
@@ -79,7 +84,7 @@ class PolyNode(Node):
     def depth(self) -> int:
         from hecnn.compile.polyeval import schedule
 
-        return schedule(self.coeffs, self.fold_leading).depth
+        return schedule(self.coeffs, self.fold_leading).depth if self.rescale else 0
 
 
 @dataclass
@@ -126,7 +131,7 @@ class Plan:
         out: dict[str, int] = {}
         for n in self.nodes:
             count = 0
-            if isinstance(n, PolyNode):
+            if isinstance(n, PolyNode) and n.rescale:
                 count = schedule(n.coeffs, n.fold_leading).relinearized_powers * n.features
             if n.relin_after:
                 count += n.features
@@ -140,7 +145,7 @@ class Plan:
         for nd in self.nodes:
             limbs = max(nd.level_in, 0) + 1
             ins = sum(self.node(i).features for i in nd.inputs) if nd.inputs else nd.features
-            live = (ins + nd.features) * 3 * limbs * n * 4
+            live = (ins + nd.features) * max(3, nd.components) * limbs * n * 4
             peak = max(peak, live)
         return peak
 
@@ -151,7 +156,7 @@ class Plan:
 
         relins = self.relinearizations()
         table = Table(title=f"HE plan {self.model_name} — batch {self.batch}")
-        for col in ("node", "op", "cts out", "ct MACs", "relins", "level in→out"):
+        for col in ("node", "op", "cts out", "ct MACs", "relins", "comps", "level in→out"):
             table.add_column(col, justify="left" if col in ("node", "op") else "right")
         for nd in self.nodes:
             if isinstance(nd, AffineNode):
@@ -167,7 +172,8 @@ class Plan:
                 f"{nd.features:,}",
                 macs,
                 f"{relins[nd.name]:,}",
-                f"{nd.level_in}→{nd.level_out}",
+                f"{nd.components}",
+                f"{nd.level_in}→{nd.level_out}" + ("" if nd.rescale else " (no rescale)"),
             )
         total_macs = sum(n.macs for n in self.nodes if isinstance(n, AffineNode))
         console = Console(width=120, record=True, file=io.StringIO())

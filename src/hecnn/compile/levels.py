@@ -10,6 +10,7 @@ half of it); the scale is the largest (≤ 2^30) that keeps the smallest secure 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 from hecnn.ckks.params import CkksParameters
 from hecnn.ckks.primes import MAX_PRIME_BITS
@@ -36,26 +37,125 @@ def assign_levels(nodes: list[Node], top: int) -> None:
         n.level_out = top - depth[n.name]
 
 
-def plan_relinearization(nodes: list[Node], output: str) -> None:
-    """Relinearize each 3-component polynomial output now, or after its affine consumers when
-    they have fewer outputs than inputs (fewer key switches); the final output may stay at 3
-    components (the client decrypts with s²)."""
-    users = consumers(nodes)
+#: bits of Δ_w for weights and coefficients applied in the rescale-free tail (relative weight
+#: precision 2^-20, far below the CKKS noise; every tail factor adds these bits to the scale)
+TAIL_WEIGHT_BITS = 20
+
+
+def _multiplies(n: Node) -> bool:
+    """A polynomial node that multiplies ciphertexts (some term of degree ≥ 2)."""
+    if not isinstance(n, PolyNode):
+        return False
+    return any(t.power >= 2 for t in schedule(n.coeffs, n.fold_leading).terms)
+
+
+def _downstream(nodes: list[Node], start: Node) -> list[Node]:
+    """Nodes that depend on ``start`` (topological order)."""
+    reach = {start.name}
+    out = []
     for n in nodes:
-        if not isinstance(n, PolyNode):
+        if any(i in reach for i in n.inputs):
+            reach.add(n.name)
+            out.append(n)
+    return out
+
+
+def rescale_free_tail(nodes: list[Node], output: str) -> tuple[PolyNode, PolyNode] | None:
+    """(P_prev, P_last) when the last two multiplying layers can run without relinearizing.
+
+    P_prev's 3-component output flows through affine nodes into P_last, a degree-2 polynomial
+    (no power feeds a further product), whose square then has 5 components; P_last and every
+    (affine) node after it keep their products' scales instead of rescaling, and the client
+    decrypts with s..s⁴. This saves one key switch per feature of P_prev or its consumers.
+    """
+    mult = [n for n in nodes if _multiplies(n)]
+    if len(mult) < 2:
+        return None
+    last, prev = mult[-1], mult[-2]
+    sch = schedule(last.coeffs, last.fold_leading)
+    if sch.relinearized_powers or max(sch.powers) > 2:
+        return None
+    after = nodes[nodes.index(last) + 1 :]
+    if not all(isinstance(n, AffineNode) for n in after):
+        return None
+    users = consumers(nodes)
+    cur = last
+    while True:  # walk back from P_last through single-consumer affine nodes to P_prev
+        (inp,) = cur.inputs
+        node = next(n for n in nodes if n.name == inp)
+        if len(users[node.name]) != 1:
+            return None
+        if node is prev:
+            break
+        if not isinstance(node, AffineNode):
+            return None
+        cur = node
+    return prev, last
+
+
+def plan_relinearization(
+    nodes: list[Node], output: str, *, tail: bool = True
+) -> tuple[PolyNode, PolyNode] | None:
+    """Decide where ciphertexts are relinearized, and which nodes form a rescale-free tail.
+
+    Each multiplying polynomial must see 2-component inputs, except the tail polynomial (see
+    :func:`rescale_free_tail`). A 3-component polynomial output is relinearized only when a
+    later multiplying layer needs it: right away, or after its affine consumers when they have
+    fewer outputs than inputs (fewer key switches). Outputs that only flow through affine
+    nodes to the client stay at 3 components (the client decrypts with s²).
+    Sets ``relin_after``, ``rescale`` and ``components`` on the nodes; returns the tail pair
+    (``tail=False``: no rescale-free tail).
+    """
+    users = consumers(nodes)
+    tail = rescale_free_tail(nodes, output) if tail else None
+    if tail is not None:
+        last = tail[1]
+        for n in [last, *nodes[nodes.index(last) + 1 :]]:
+            n.rescale = False
+    for n in nodes:
+        if not _multiplies(n) or n.name == output:
             continue
-        sch = schedule(n.coeffs, n.fold_leading)
-        three = any(t.power >= 2 for t in sch.terms)
-        if not three or n.name == output:
-            continue
+        if tail is not None and n is tail[0]:
+            continue  # its 3-component output feeds the tail polynomial unrelinearized
+        if not any(_multiplies(m) for m in _downstream(nodes, n)):
+            continue  # only affine work until the client: stay at 3 components
         cons = users[n.name]
         lazy = cons and all(isinstance(c, AffineNode) and c.features < n.features for c in cons)
         if lazy:
             for c in cons:
-                # the plan's output may stay at three components: the client decrypts with s²
-                c.relin_after = c.name != output
+                c.relin_after = True
         else:
             n.relin_after = True
+    _count_components(nodes)
+    return tail
+
+
+def _count_components(nodes: list[Node]) -> None:
+    comps: dict[str, int] = {}
+    for n in nodes:
+        c = max((comps[i] for i in n.inputs), default=2)
+        if _multiplies(n):
+            if n.rescale:  # the executor relinearizes a 3-component input first
+                c = 3
+            else:  # tail: x^top of a c-component x has top·(c − 1) + 1 components
+                c = max(t.power for t in schedule(n.coeffs, n.fold_leading).terms) * (c - 1) + 1
+        if n.relin_after:
+            c = 2
+        comps[n.name] = n.components = c
+
+
+def tail_scale_bits(nodes: list[Node], scale_bits: int) -> int:
+    """Bits the tail adds to the output's scale beyond Δ (0 without a tail)."""
+    extra = 0
+    for n in nodes:
+        if n.rescale:
+            continue
+        if isinstance(n, PolyNode):
+            top = max(t.power for t in schedule(n.coeffs, n.fold_leading).terms)
+            extra += (top - 1) * scale_bits + (0 if n.fold_leading else TAIL_WEIGHT_BITS)
+        elif isinstance(n, AffineNode):
+            extra += TAIL_WEIGHT_BITS
+    return extra
 
 
 def choose_parameters(
@@ -65,17 +165,20 @@ def choose_parameters(
     *,
     scale_bits: int | None = None,
     insecure_ring: int | None = None,
+    tail_bits: Callable[[int], int] | None = None,
 ) -> CkksParameters:
     """Smallest secure ring for ``depth`` and ``batch``; then the largest scale that fits it.
 
     ``insecure_ring`` forces a small ring degree for unit tests (parameters are then marked
-    insecure and refused by servers).
+    insecure and refused by servers). ``tail_bits(scale_bits)``: extra scale bits the output
+    carries from a rescale-free tail; the base modulus holds them too.
     """
     value_bits = max(1, math.ceil(math.log2(max(output_bound, 1.0) * 2)) + 1)
     candidates = range(26, 31) if scale_bits is None else [scale_bits]
     best: CkksParameters | None = None
     for sb in candidates:
-        base = max(sb + value_bits, sb + 1)
+        extra = tail_bits(sb) if tail_bits else 0
+        base = max(sb + extra + value_bits, sb + 1)
         base = base if base <= MAX_PRIME_BITS else MAX_PRIME_BITS * math.ceil(base / MAX_PRIME_BITS)
         try:
             if insecure_ring is not None:

@@ -18,9 +18,13 @@ import scipy.sparse as sp
 from hecnn.ckks.linear import BlockSparseWeights, WeightBlock
 from hecnn.compile.ir import AffineNode, Node, PolyNode
 
-#: fold c_d only when every feature's leading coefficient is at least this fraction of the
-#: largest, so dividing by it cannot blow up the other coefficients
-FOLD_MIN_RATIO = 1e-2
+#: fold c_d only while the monic polynomial p/c_d stays below this bound on the recorded input
+#: range. Dividing by a small c_d costs no precision (the next layer multiplies by c_d again,
+#: so absolute errors are unchanged); it only grows the values, which must fit the modulus at
+#: the polynomial's level (≥ 2^60 above the scale) with a wide margin.
+FOLD_MAX_VALUE = 2.0**20
+#: input bound assumed when an activation recorded no range
+DEFAULT_INPUT_BOUND = 8.0
 
 
 def consumers(nodes: list[Node]) -> dict[str, list[Node]]:
@@ -63,7 +67,12 @@ def fold_leading_coefficients(nodes: list[Node], output: str) -> list[Node]:
         if not isinstance(n, PolyNode) or n.name == output or n.degree < 2:
             continue
         lead = n.coeffs[-1]
-        if np.any(lead == 0) or np.min(np.abs(lead)) < FOLD_MIN_RATIO * np.max(np.abs(lead)):
+        if np.any(lead == 0):
+            continue
+        r = max(map(abs, n.input_range)) if n.input_range else DEFAULT_INPUT_BOUND
+        r = 1.5 * max(r, 1.0)
+        monic_bound = np.sum(np.abs(n.coeffs / lead) * r ** np.arange(n.degree + 1)[:, None], 0)
+        if not np.all(np.isfinite(monic_bound)) or np.max(monic_bound) > FOLD_MAX_VALUE:
             continue
         cons = users[n.name]
         if len(cons) != 1 or not isinstance(cons[0], AffineNode):

@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 
 from hecnn.ckks import serialize as envelope
+from hecnn.ckks.batch import MAX_COMPONENTS
 from hecnn.ckks.linear import BlockSparseWeights, WeightBlock
 from hecnn.compile.ir import AddNode, AffineNode, ConcatNode, InputNode, Node, Plan, PolyNode
 from hecnn.errors import HecnnError, SerializationError
@@ -63,6 +64,8 @@ def dumps_plan(plan: Plan) -> bytes:
             "level_in": int(n.level_in),
             "level_out": int(n.level_out),
             "relin_after": bool(n.relin_after),
+            "rescale": bool(n.rescale),
+            "components": int(n.components),
             "source": n.source,
         }
         if isinstance(n, AffineNode):
@@ -244,8 +247,14 @@ def _build(spec: dict, arrs: dict, params) -> Plan:
         relin = e.get("relin_after")
         if not isinstance(relin, bool):
             raise SerializationError(f"malformed plan: node {name!r} relin_after must be a bool")
+        rescale = e.get("rescale")
+        if not isinstance(rescale, bool):
+            raise SerializationError(f"malformed plan: node {name!r} rescale must be a bool")
+        components = _int(e.get("components"), 2, MAX_COMPONENTS, f"node {name!r} components")
         common = {
             "name": name,
+            "rescale": rescale,
+            "components": components,
             "inputs": inputs,
             "shape": _shape(e.get("shape"), f"node {name!r} shape"),
             "level_in": _int(e.get("level_in"), 0, top, f"node {name!r} level_in"),

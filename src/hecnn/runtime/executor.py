@@ -17,6 +17,7 @@ import numpy as np
 from hecnn.ckks.batch import CiphertextBatch
 from hecnn.ckks.keys import EvaluationKeys
 from hecnn.compile.ir import AddNode, AffineNode, ConcatNode, InputNode, Plan, PolyNode
+from hecnn.compile.levels import TAIL_WEIGHT_BITS
 from hecnn.compile.polyeval import feeding_powers, power_factors, schedule
 from hecnn.errors import LevelError, ParameterError, ShapeError
 
@@ -74,9 +75,11 @@ def run(
         elif isinstance(n, AddNode):
             out = _add(vals[n.inputs[0]], vals[n.inputs[1]])
         elif isinstance(n, ConcatNode):
-            out = CiphertextBatch.stack([_two(vals[x], keys) for x in n.inputs])
+            out = CiphertextBatch.stack([vals[x] for x in n.inputs])  # pads components
         else:  # pragma: no cover
             raise ParameterError(f"unknown node type {type(n).__name__}")
+        if n.relin_after and out.components > 2:
+            out = out.relinearize(keys)
         vals[n.name] = out
         if report is not None:
             report.timings.append(NodeTiming(n.name, time.perf_counter() - t0, len(out)))
@@ -94,12 +97,13 @@ def _two(x: CiphertextBatch, keys: EvaluationKeys) -> CiphertextBatch:
 
 
 def _affine(n: AffineNode, x: CiphertextBatch, keys: EvaluationKeys) -> CiphertextBatch:
+    if not n.rescale:  # rescale-free tail: the product keeps its scale
+        return x.linear_combination(n.weights, bias=n.bias, weight_scale=2.0**TAIL_WEIGHT_BITS)
     if x.level < 1 or x.level <= x.params.min_level:
         raise LevelError(f"{n.name}: no level left for an affine layer")
     q = float(x.ctx.primes[x.level])
     y = x.linear_combination(n.weights, bias=n.bias, weight_scale=x.params.scale * q / x.scale)
-    y = y.rescale()
-    return y.relinearize(keys) if n.relin_after else y
+    return y.rescale()
 
 
 def _mul_to_scale(
@@ -117,19 +121,46 @@ def _mul_to_scale(
 
 
 def _poly(n: PolyNode, x: CiphertextBatch, keys: EvaluationKeys) -> CiphertextBatch:
+    evaluate = _poly_chunk if n.rescale else _poly_tail
     if len(x) <= POLY_CHUNK:
-        return _poly_chunk(n, x, n.coeffs, keys)
+        return evaluate(n, x, n.coeffs, keys)
     parts = [
-        _poly_chunk(n, x[s : s + POLY_CHUNK], n.coeffs[:, s : s + POLY_CHUNK], keys)
+        evaluate(n, x[s : s + POLY_CHUNK], n.coeffs[:, s : s + POLY_CHUNK], keys)
         for s in range(0, len(x), POLY_CHUNK)
     ]
     return CiphertextBatch.stack(parts)
 
 
+def _poly_tail(
+    n: PolyNode, x: CiphertextBatch, coeffs: np.ndarray, keys: EvaluationKeys
+) -> CiphertextBatch:
+    """Rescale-free evaluation: powers by plain products (components grow, no key switch), each
+    term's scalar encoded so the term lands on the scale of the top term; nothing is rescaled,
+    so the rounding of a rescale never meets the high powers of s."""
+    sch = schedule(n.coeffs, n.fold_leading)
+    if not sch.terms:
+        return x.mul_scalar(0.0, scale=1.0).add_const(coeffs[0])
+    powers: dict[int, CiphertextBatch] = {1: x}
+    for k in sch.powers:
+        if k > 1:
+            a, b = power_factors(k)
+            powers[k] = powers[a].square() if a == b else powers[a].mul(powers[b])
+    top = powers[sch.terms[0].power]
+    if n.fold_leading:
+        result, target, rest = top, top.scale, sch.terms[1:]
+    else:
+        result, target, rest = None, top.scale * 2.0**TAIL_WEIGHT_BITS, sch.terms
+    for t in rest:
+        p = powers[t.power]
+        y = p.mul_scalar(coeffs[t.power], scale=target / p.scale)
+        result = y if result is None else result + y
+    return result.add_const(coeffs[0])
+
+
 def _poly_chunk(
     n: PolyNode, x: CiphertextBatch, coeffs: np.ndarray, keys: EvaluationKeys
 ) -> CiphertextBatch:
-    x = _two(x, keys)
+    x = _two(x, keys)  # the compiler relinearizes upstream; a no-op then
     sch = schedule(n.coeffs, n.fold_leading)
     if not sch.terms:
         return x.mul_scalar(0.0).rescale().add_const(coeffs[0])
@@ -137,6 +168,13 @@ def _poly_chunk(
     target_level = x.level - sch.depth
     if target_level < x.params.min_level:
         raise LevelError(f"{n.name}: the polynomial needs {sch.depth} levels, {x.level} left")
+    if n.fold_leading and sch.depth == 1 and max(sch.powers) == 2:
+        # x² + c1·x: the linear term is encoded at x's scale so it matches x² before the
+        # rescale — one rescale for the sum instead of one per term
+        acc = x.square()
+        for t in sch.terms[1:]:
+            acc = acc + x.mul_scalar(coeffs[t.power], scale=x.scale)
+        return acc.rescale().add_const(coeffs[0])
     powers: dict[int, CiphertextBatch] = {1: x}
     for k in sch.powers:
         if k == 1:
