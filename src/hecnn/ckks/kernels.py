@@ -351,38 +351,37 @@ def gather_centered(x, rows, comp, limb, q, out):
 
 
 @nb.njit(nogil=True, cache=True)
-def reduce_digit_products(z, digit_mul, digit_shoup, q, out, comp, limb, out_rows):
-    """out[out_rows[o], comp, limb, :] = Σ_t z[t, o, :]·digit_mul[t] mod q.
+def reduce_digit_products(z, radix, s_mul, s_shoup, q, out, comp, limb, out_rows):
+    """out[out_rows[o], comp, limb, :] = (Σ_t z[t, o, :]·radix^t)·2^s mod q.
 
-    z[t] are exact fp64 GEMM results of weight digit-plane t with |z| < 2^52. The remainder
-    z − ⌊z/q⌋·q is computed in doubles: ⌊z/q⌋·q is within q of z, below 2^53, hence exact, and
-    so is the difference — float→int32 conversions vectorize where int64 ones do not. Plane t
-    is then weighted by its digit factor 2^{b·t+s} mod q (digit_mul[0] = 2^s folded in too),
-    a fixed multiplier: Shoup's product with ``digit_shoup[t]`` = ⌊digit_mul[t]·2^32/q⌋.
+    z[t] are exact fp64 GEMM results of weight digit-plane t, |z| < 2^52. Horner's rule from the
+    top plane stays exact in doubles: with r < q < 2^31 the partial result and radix = 2^b
+    (b ≤ 21), z[t] + r·2^b < 2^53. Each step reduces in doubles — r = v − ⌊v/q⌋·q is exact and
+    float→int32 conversions vectorize where int64 ones do not — and the block-floating-point
+    factor 2^s mod q (``s_mul``, with its Shoup companion ``s_shoup``) is applied once.
     """
-    chunks, outs, n = z.shape
+    planes, outs, n = z.shape
     qf = np.float64(q)
     qinv = 1.0 / qf
     q32 = np.uint32(q)
     q64 = np.uint64(q)
+    w = np.uint64(s_mul)
+    wp = np.uint64(s_shoup)
+    r = np.empty(n, dtype=np.float64)  # one output row's partial result (stays in L1/L2)
     for o in range(outs):
-        row = out[out_rows[o], comp, limb]
-        for t in range(chunks):
-            w = np.uint64(digit_mul[t])
-            wp = np.uint64(digit_shoup[t])
+        for t in range(planes - 1, -1, -1):  # plane loop outside: the j loops vectorize
             zt = z[t, o]
+            carry = 0.0 if t == planes - 1 else radix
             for j in range(n):
-                r = zt[j] - np.floor(zt[j] * qinv) * qf
-                r = r + qf if r < 0 else r
-                r = r - qf if r >= qf else r
-                y = np.uint64(np.uint32(np.int32(r)))
-                v = np.uint32(y * w - ((y * wp) >> _U32) * q64)
-                v = min(v, np.uint32(v - q32))
-                if t == 0:
-                    row[j] = np.int32(v)
-                else:
-                    a = np.uint32(row[j]) + v
-                    row[j] = np.int32(min(a, np.uint32(a - q32)))
+                v = zt[j] + r[j] * carry if t < planes - 1 else zt[j]
+                u = v - np.floor(v * qinv) * qf
+                u = u + qf if u < 0 else u
+                r[j] = u - qf if u >= qf else u
+        row = out[out_rows[o], comp, limb]
+        for j in range(n):
+            y = np.uint64(np.uint32(np.int32(r[j])))
+            m = np.uint32(y * w - ((y * wp) >> _U32) * q64)
+            row[j] = np.int32(min(m, np.uint32(m - q32)))
 
 
 @nb.njit(nogil=True, cache=True)

@@ -6,11 +6,11 @@ restores the input scale exactly) and Y = W̃ @ X mod q_i on every limb of every
 
 Exactness in fp64 BLAS: the residues are lifted to (−q/2, q/2], |x| < 2^30, and W̃ is split into
 signed base-2^b digit planes D_t (|d| ≤ 2^{b−1}) with K·2^{29+b} < 2^52, so every D_t @ X is
-computed exactly by an ordinary fp64 GEMM; the planes are then reduced mod q (exact fmod) and
-recombined with their weights 2^{b·t} mod q. When W̃ needs more than ``max_digits`` planes the
-matrix is stored in block floating point: W̃ = Ŵ·2^s with Ŵ keeping ``max_digits·b − 1``
-significant bits relative to the largest weight (≥ 2^−25 for a 576-input layer) — far below the
-CKKS noise — and the factor 2^s folded into the digit weights.
+computed exactly by an ordinary fp64 GEMM; the planes are then recombined by Horner's rule,
+r ← (D_t @ X + r·2^b) mod q, every step exact in doubles (b ≤ 21). When W̃ needs more than
+``max_digits`` planes the matrix is stored in block floating point: W̃ = Ŵ·2^s with Ŵ keeping
+``max_digits·b − 1`` significant bits relative to the largest weight (≥ 2^−25 for a 576-input
+layer) — far below the CKKS noise — and the factor 2^s mod q applied once at the end.
 
 Parallelism: the (component, limb) column blocks are independent; each worker thread takes a
 share of them with single-threaded BLAS (two thread pools spinning against each other on two
@@ -33,6 +33,9 @@ from hecnn.ckks.batch import CiphertextBatch
 from hecnn.errors import ParameterError, ShapeError
 
 _CENTERED_BITS = 30  # |x| ≤ (q − 1)/2 < 2^30 for q < 2^31
+#: the planes are recombined by Horner's rule in doubles: z + r·2^b with r < 2^31 must stay
+#: below 2^53, so b ≤ 21 (see ``kernels.reduce_digit_products``)
+MAX_DIGIT_BITS = 21
 
 
 @dataclass(frozen=True)
@@ -129,12 +132,12 @@ class BlockSparseWeights:
 
 
 def digit_bits(k: int) -> int:
-    """Largest digit size b with k·2^{29+b} < 2^52 (exact fp64 accumulation of k products).
+    """Largest digit size b ≤ 21 with k·2^{29+b} < 2^52 (exact fp64 accumulation of k products).
 
     One bit below the 2^53 limit of exact doubles, so that the reduction's k·q (within q of a
     partial sum) is exact too.
     """
-    b = math.ceil(52 - (_CENTERED_BITS - 1) - math.log2(max(k, 1))) - 1
+    b = min(MAX_DIGIT_BITS, math.ceil(52 - (_CENTERED_BITS - 1) - math.log2(max(k, 1))) - 1)
     if b < 2:
         raise ParameterError(f"a block of {k} inputs is too large for exact fp64 accumulation")
     return b
@@ -220,13 +223,9 @@ def linear_combination(
             )
         )
     maxout = max((e[0].shape[0] for e in encoded), default=1)
-    maxplanes = max((e[3] for e in encoded), default=1)
-    digit_factors, digit_shoup = [], []
-    for li in range(limbs):  # 2^{b·t+s} mod q and its Shoup companion, per limb and plane
-        q = int(ctx.primes[li])
-        f = [pow(2, b * t + s, q) for t in range(maxplanes)]
-        digit_factors.append(np.array(f, dtype=np.int64))
-        digit_shoup.append(np.array([(v << 32) // q for v in f], dtype=np.int64))
+    radix = float(2**b)
+    s_factors = [pow(2, s, int(q)) for q in ctx.primes[:limbs]]  # block-floating-point 2^s
+    s_shoup = [(f << 32) // int(q) for f, q in zip(s_factors, ctx.primes[:limbs], strict=True)]
     jobs = [(li, c) for li in range(limbs) for c in range(comps)]
 
     def work(lo: int, hi: int) -> None:
@@ -240,11 +239,11 @@ def linear_combination(
                 z = zbuf[: stacked.shape[0]]
                 kernels.gather_centered(x, rows, c, li, np.int64(q), xb)
                 np.matmul(stacked, xb, out=z)
-                mul, shoup = digit_factors[li][:nplanes], digit_shoup[li][:nplanes]
                 kernels.reduce_digit_products(
                     z.reshape(nplanes, len(out_rows), n),
-                    mul,
-                    shoup,
+                    radix,
+                    np.int64(s_factors[li]),
+                    np.int64(s_shoup[li]),
                     np.int64(q),
                     out,
                     c,
