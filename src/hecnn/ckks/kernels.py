@@ -182,10 +182,13 @@ def ntt_inverse(a, mod_idx, primes, psi_inv_rev, psi_inv_rev_shoup, n_inv, n_inv
 def _mulmod(a, b, q, qinv):
     """a·b mod q for 0 ≤ a, b < 2^31, q < 2^31 (int64 q), qinv = 1.0/q — float Barrett."""
     k = np.int32(np.float64(a) * np.float64(b) * qinv)
-    r = np.int64(a) * np.int64(b) - np.int64(k) * q
-    r = r + (q & (r >> 63))
-    r = r - q
-    return r + (q & (r >> 63))
+    # every factor is a sign-extended int32: LLVM multiplies with vpmuldq (32×32→64 bits)
+    # instead of emulating a full 64-bit product
+    q32 = np.int64(np.int32(q))
+    r = np.int64(np.int32(a)) * np.int64(np.int32(b)) - np.int64(k) * q32
+    r = r + (q32 & (r >> 63))
+    r = r - q32
+    return r + (q32 & (r >> 63))
 
 
 @nb.njit(inline="always")
@@ -219,14 +222,19 @@ def mul_add_mod(a, b, acc, mod_idx, primes):
 
 @nb.njit(nogil=True, cache=True)
 def mul_scalar_mod(a, s, out, mod_idx, primes):
-    """out[r] = a[r]·s[r] mod q (s: one residue per row)."""
+    """out[r] = a[r]·s[r] mod q (s: one residue per row) — Shoup's product, fixed per row."""
     rows, n = a.shape
     for r in range(rows):
-        q = np.int64(primes[mod_idx[r]])
-        qinv = 1.0 / np.float64(q)
-        w = s[r]
+        q64 = np.uint64(primes[mod_idx[r]])
+        q32 = np.uint32(q64)
+        w = np.uint64(s[r])
+        wp = (w << _U32) // q64
+        src = a[r]
+        dst = out[r]
         for j in range(n):
-            out[r, j] = _mulmod(a[r, j], w, q, qinv)
+            y = np.uint64(np.uint32(src[j]))
+            v = np.uint32(y * w - ((y * wp) >> _U32) * q64)
+            dst[j] = np.int32(min(v, np.uint32(v - q32)))
 
 
 @nb.njit(nogil=True, cache=True)
@@ -424,13 +432,23 @@ def rescale_lift(last, q_last, mod_idx, primes, out):
 
 @nb.njit(nogil=True, cache=True)
 def sub_mul_scalar(a, b, s, mod_idx, primes, out):
-    """out[r, i] = (a[r, i] − b[r, i])·s[i] mod q_i for a (R, ≥L, N), b and out (R, L, N)."""
+    """out[r, i] = (a[r, i] − b[r, i])·s[i] mod q_i for a (R, ≥L, N), b and out (R, L, N).
+
+    The difference is formed in uint32 (a + q − b < 2^32) and s[i] is a fixed multiplier per
+    limb, so Shoup's product applies (no division, no float round trip).
+    """
     rows, limbs, n = out.shape
-    for r in range(rows):
-        for i in range(limbs):
-            q = np.int64(primes[mod_idx[i]])
-            qinv = 1.0 / np.float64(q)
-            w = s[i]
+    for i in range(limbs):
+        q64 = np.uint64(primes[mod_idx[i]])
+        q32 = np.uint32(q64)
+        w = np.uint64(s[i])
+        wp = (w << _U32) // q64
+        for r in range(rows):
+            src_a = a[r, i]
+            src_b = b[r, i]
+            dst = out[r, i]
             for j in range(n):
-                d = _addmod(a[r, i, j], q - np.int64(b[r, i, j]), q)
-                out[r, i, j] = _mulmod(d, w, q, qinv)
+                d = np.uint32(np.uint32(src_a[j]) + q32 - np.uint32(src_b[j]))
+                y = np.uint64(min(d, np.uint32(d - q32)))
+                v = np.uint32(y * w - ((y * wp) >> _U32) * q64)
+                dst[j] = np.int32(min(v, np.uint32(v - q32)))
