@@ -32,6 +32,7 @@ from typing import Any
 
 import numpy as np
 
+from hecnn.ckks.backend import to_numpy
 from hecnn.ckks.batch import CiphertextBatch
 from hecnn.ckks.context import CkksContext
 from hecnn.ckks.keys import EvaluationKeys, PublicKey, SecretKey, SwitchingKey
@@ -105,7 +106,7 @@ def _pack(kind: Kind, params: CkksParameters, meta: dict, arrays: dict[str, np.n
 
 
 def _residues(arr: np.ndarray) -> np.ndarray:
-    return arr.astype(np.uint32)
+    return to_numpy(arr).astype(np.uint32)  # host bytes whatever the backend
 
 
 def dumps(obj: CkksParameters | PublicKey | EvaluationKeys | CiphertextBatch | SecretKey) -> bytes:
