@@ -87,16 +87,18 @@ class TorchCiphertextBatch(CiphertextBatch):
     def _chunked(self, count: int, bytes_per_item: int, fn) -> torch.Tensor:
         """fn(lo, hi) → tensor for items [lo, hi); results concatenated along axis 0."""
         spans = self.ring.chunks(count, bytes_per_item)
-        if len(spans) == 1:
-            return fn(0, count)
-        out = None
-        for lo, hi in spans:
-            part = fn(lo, hi)
-            if out is None:
-                out = torch.empty((count, *part.shape[1:]), dtype=part.dtype, device=part.device)
-            out[lo:hi] = part
-            del part
-        return out
+        with self.ring.threads_limited():
+            if len(spans) == 1:
+                return fn(0, count)
+            out = None
+            for lo, hi in spans:
+                part = fn(lo, hi)
+                if out is None:
+                    shape = (count, *part.shape[1:])
+                    out = torch.empty(shape, dtype=part.dtype, device=part.device)
+                out[lo:hi] = part
+                del part
+            return out
 
     def _elem_bytes(self) -> int:
         """Bytes of widened temporaries per ciphertext in a product."""

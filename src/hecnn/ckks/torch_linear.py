@@ -125,12 +125,27 @@ def linear_combination(
         width = 1 << max(0, budget_cols.bit_length() - 1)
         spans = [(j, j + 1, c, c + width) for j in range(pairs) for c in range(0, n, width)]
 
+    with ring.threads_limited():
+        _columns(ring, ctx, xv, out, groups, spans, b, s, limbs)
+    result = CiphertextBatch(ctx, out.view(sw.out_features, comps, limbs, n), batch.scale * delta_w)
+    if bias is not None:
+        bvec = np.asarray(bias, dtype=np.float64)
+        if bvec.shape != (sw.out_features,):
+            raise ShapeError(f"bias must have shape ({sw.out_features},), got {bvec.shape}")
+        result = result.add_const(bvec)
+    return result
+
+
+def _columns(ring, ctx, xv, out, groups, spans, b: int, s: int, limbs: int) -> None:
+    """out[:, pairs, cols] = Σ_t 2^{bt+s}·[D_t @ centered(x)] mod q, one span of columns at a
+    time (``xv``: (K, pairs, N) residues, pair j on limb j mod L)."""
+    k_in = xv.shape[0]
     for j0, j1, c0, c1 in spans:
         limb_idx = [j % limbs for j in range(j0, j1)]
         lim = ring.limbs(limb_idx)
         qcol = lim.q32.view(1, -1, 1)
         xs = xv[:, j0:j1, c0:c1]
-        xc = torch.empty((k_in + 1, j1 - j0, c1 - c0), dtype=torch.float64, device=x.device)
+        xc = torch.empty((k_in + 1, j1 - j0, c1 - c0), dtype=torch.float64, device=xv.device)
         xc[:k_in] = torch.where(xs > qcol >> 1, xs - qcol, xs)
         xc[k_in] = 0
         xc = xc.view(k_in + 1, -1)
@@ -146,16 +161,9 @@ def linear_combination(
             mul = [
                 [pow(2, b * t + s, int(ctx.primes[i])) for i in limb_idx] for t in range(grp.planes)
             ]
-            mul_t = torch.tensor(mul, dtype=torch.int64, device=x.device).view(grp.planes, -1, 1)
+            mul_t = torch.tensor(mul, dtype=torch.int64, device=xv.device).view(grp.planes, -1, 1)
             acc = ring.mul(r[:, 0], mul_t[0], lim)
             for t in range(1, grp.planes):
                 acc = ring.add(acc, ring.mul(r[:, t], mul_t[t], lim), lim.q)
             out[grp.outs, j0:j1, c0:c1] = acc.reshape(-1, j1 - j0, c1 - c0).to(torch.int32)
             del r, acc
-    result = CiphertextBatch(ctx, out.view(sw.out_features, comps, limbs, n), batch.scale * delta_w)
-    if bias is not None:
-        bvec = np.asarray(bias, dtype=np.float64)
-        if bvec.shape != (sw.out_features,):
-            raise ShapeError(f"bias must have shape ({sw.out_features},), got {bvec.shape}")
-        result = result.add_const(bvec)
-    return result

@@ -22,8 +22,10 @@ Memory: :meth:`TorchRing.rows_per_chunk` sizes chunks of work from the free devi
 
 from __future__ import annotations
 
+import contextlib
 import os
 import weakref
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -44,6 +46,10 @@ CHUNK_MEMORY_FRACTION = 0.5
 CPU_CHUNK_BYTES = 256 << 20
 #: rows of one CPU NTT call transformed together (its stages then stay in cache)
 CPU_NTT_BYTES = 4 << 20
+#: torch intra-op threads on the CPU device: every elementwise operation is one OpenMP parallel
+#: region, and on a shared 2-core machine their barriers made a layer 4.5× slower with 2 threads
+#: than with 1 (the numpy path avoids OpenMP for the same reason, see kernels.py)
+CPU_TORCH_THREADS = 1
 
 
 @dataclass(frozen=True)
@@ -82,6 +88,7 @@ class TorchRing:
         self.device = dev
         self.n = ctx.n
         self.memory_budget: int | None = None  # bytes per chunk of work; None: from free memory
+        self.cpu_threads = CPU_TORCH_THREADS  # torch threads while this ring works on the CPU
         self._limbs: dict[tuple[int, ...], Limbs] = {}
         self._tables: dict[tuple[str, tuple[int, ...]], torch.Tensor] = {}
         self._consts: dict[Any, Any] = {}
@@ -353,6 +360,20 @@ class TorchRing:
             t = torch.as_tensor(self.ctx.automorphism_perm(g), device=self.device)
             self._tables[key] = t
         return t
+
+    @contextlib.contextmanager
+    def threads_limited(self) -> Iterator[None]:
+        """On the CPU device, run the enclosed torch work on ``cpu_threads`` threads (restored on
+        exit; torch's thread count is per process, so do not share a CPU ring across threads)."""
+        if self.device.type != "cpu":
+            yield
+            return
+        before = torch.get_num_threads()
+        torch.set_num_threads(self.cpu_threads)
+        try:
+            yield
+        finally:
+            torch.set_num_threads(before)
 
     # -- memory -------------------------------------------------------------------------------
     def budget_bytes(self) -> int:
