@@ -269,3 +269,20 @@ def test_pickled_context_rebuilds_its_backend(tctx, pair):
     copy = pickle.loads(pickle.dumps(tctx))
     assert copy.backend_name == "torch" and copy.backend is not tctx.backend
     assert same(CiphertextBatch(copy, b.data, b.scale).square(), b.square())
+
+
+@pytest.mark.slow
+def test_fused_ntt_bit_identical(ctx, small_params):
+    """The torch.compile'd butterfly stages (opt-in, ``fused_ntt``) compute the same NTT."""
+    tctx = CkksContext(small_params, backend="torch", device="cuda" if CUDA else "cpu")
+    ring = tctx.backend
+    ring.fused_ntt = True
+    rng = np.random.default_rng(2)
+    idx = ctx.data_idx(ctx.params.max_level)
+    q = ctx.primes[idx].astype(np.int64)[:, None]
+    a = (rng.integers(0, 2**31, size=(3, len(idx), ctx.n)) % q).astype(np.int32)
+    t = ring.to_device(a, torch.int64)
+    ring.ntt(t, idx)
+    assert np.array_equal(to_numpy(t).astype(np.int32), ctx.ntt(a.copy(), idx))
+    ring.intt(t, idx)
+    assert np.array_equal(to_numpy(t).astype(np.int32), a)

@@ -43,7 +43,7 @@ CHUNK_MEMORY_FRACTION = 0.5
 #: host memory a chunk may use on the CPU device: small chunks keep every temporary below
 #: glibc's mmap threshold (32 MiB), whose page faults on each fresh allocation cost more than
 #: the arithmetic
-CPU_CHUNK_BYTES = 256 << 20
+CPU_CHUNK_BYTES = 64 << 20
 #: rows of one CPU NTT call transformed together (its stages then stay in cache)
 CPU_NTT_BYTES = 4 << 20
 #: torch intra-op threads on the CPU device: every elementwise operation is one OpenMP parallel
@@ -89,6 +89,9 @@ class TorchRing:
         self.n = ctx.n
         self.memory_budget: int | None = None  # bytes per chunk of work; None: from free memory
         self.cpu_threads = CPU_TORCH_THREADS  # torch threads while this ring works on the CPU
+        # NTT stages fused by torch.compile (Triton on CUDA): opt-in until measured
+        self.fused_ntt = os.environ.get("HECNN_TORCH_FUSED_NTT", "") == "1"
+        self._compiled: dict[str, Any] = {}
         self._limbs: dict[tuple[int, ...], Limbs] = {}
         self._tables: dict[tuple[str, tuple[int, ...]], torch.Tensor] = {}
         self._consts: dict[Any, Any] = {}
@@ -196,6 +199,14 @@ class TorchRing:
         step = max(1, CPU_NTT_BYTES // (8 * limbs * self.n))
         return [(lo, min(rows, lo + step)) for lo in range(0, rows, step)]
 
+    def _fused(self, kind: str):
+        """The torch.compile'd butterfly stage ``kind`` ("ct" forward, "gs" inverse)."""
+        fn = self._compiled.get(kind)
+        if fn is None:
+            fn = torch.compile(_ct_stage if kind == "ct" else _gs_stage, dynamic=True)
+            self._compiled[kind] = fn
+        return fn
+
     @staticmethod
     def _add_q_if_negative(x: torch.Tensor, q: torch.Tensor, tmp: torch.Tensor) -> None:
         """x += q where x < 0, in place, branch-free: q & (x >> 63)."""
@@ -215,6 +226,7 @@ class TorchRing:
         n, nl = self.n, len(lim.idx)
         allrows = x.view(-1, nl, n)  # in place: x must be contiguous
         q = lim.q.view(1, nl, 1, 1)
+        fused = self._fused("ct") if self.fused_ntt else None
         for lo, hi in self._ntt_spans(allrows.shape[0], nl):
             rows, r = allrows[lo:hi], hi - lo
             buf = torch.empty((3, r, nl, n // 2), dtype=torch.int64, device=x.device)
@@ -225,6 +237,12 @@ class TorchRing:
                 a, b = v4[:, :, :, 0, :], v4[:, :, :, 1, :]
                 w = psi[:, m : 2 * m].reshape(1, nl, m, 1)
                 ws = psis[:, m : 2 * m].reshape(1, nl, m, 1)
+                if fused is not None:
+                    s_, d_ = fused(a, b, w, ws, q)
+                    a.copy_(s_)
+                    b.copy_(d_)
+                    m <<= 1
+                    continue
                 v, d, tmp = (buf[i].view(r, nl, m, t) for i in range(3))
                 # v = b·w mod q (Shoup: b·w − ⌊b·ws/2^32⌋·q ∈ [0, 2q), minus q, plus q if < 0)
                 torch.mul(b, ws, out=tmp)
@@ -253,6 +271,7 @@ class TorchRing:
         q = lim.q.view(1, nl, 1, 1)
         ninv = self.table("n_inv", idx).view(1, nl, 1)
         ninv_s = self.table("n_inv_shoup", idx).view(1, nl, 1)
+        fused = self._fused("gs") if self.fused_ntt else None
         for lo, hi in self._ntt_spans(allrows.shape[0], nl):
             rows, r = allrows[lo:hi], hi - lo
             buf = torch.empty((3, r, nl, n // 2), dtype=torch.int64, device=x.device)
@@ -263,6 +282,13 @@ class TorchRing:
                 a, b = v4[:, :, :, 0, :], v4[:, :, :, 1, :]
                 w = psi[:, h : 2 * h].reshape(1, nl, h, 1)
                 ws = psis[:, h : 2 * h].reshape(1, nl, h, 1)
+                if fused is not None:
+                    s_, v_ = fused(a, b, w, ws, q)
+                    a.copy_(s_)
+                    b.copy_(v_)
+                    t <<= 1
+                    m = h
+                    continue
                 v, d, tmp = (buf[i].view(r, nl, h, t) for i in range(3))
                 # d = a − b mod q; a ← a + b mod q; b ← d·w mod q (Shoup)
                 torch.sub(a, b, out=d)
@@ -415,3 +441,21 @@ class TorchRing:
         if self.device.type == "cuda":
             return int(torch.cuda.max_memory_allocated(self.device))
         return None
+
+
+def _ct_stage(a, b, w, ws, q):
+    """One Cooley–Tukey stage, out of place: (a + b·w, a − b·w) mod q (for torch.compile)."""
+    v = b * w - ((b * ws) >> 32) * q
+    v = torch.where(v >= q, v - q, v)
+    s = a + v
+    d = a - v
+    return torch.where(s >= q, s - q, s), torch.where(d < 0, d + q, d)
+
+
+def _gs_stage(a, b, w, ws, q):
+    """One Gentleman–Sande stage, out of place: (a + b, (a − b)·w) mod q (for torch.compile)."""
+    s = a + b
+    d = a - b
+    d = torch.where(d < 0, d + q, d)
+    v = d * w - ((d * ws) >> 32) * q
+    return torch.where(s >= q, s - q, s), torch.where(v >= q, v - q, v)
