@@ -84,6 +84,8 @@ class TorchRing:
                 raise ParameterError(
                     f"device {device!r} asked but only {torch.cuda.device_count()} GPU(s) present"
                 )
+            if dev.index is None:  # tensors report cuda:<i>: compare like with like
+                dev = torch.device("cuda", torch.cuda.current_device())
         self.ctx = ctx
         self.device = dev
         self.n = ctx.n
