@@ -329,7 +329,6 @@ class TorchRing:
                 torch.as_tensor((qhat_mod & 0xFFFF).astype(np.float64), device=self.device),
                 torch.as_tensor((qhat_mod >> 16).astype(np.float64), device=self.device),
                 self.column(big_mod),
-                [float(q) for q in src_q],
             )
             self._consts[key] = c
         return c
@@ -343,7 +342,7 @@ class TorchRing:
         """
         src_t = tuple(int(i) for i in np.asarray(src).reshape(-1))
         dst_t = tuple(int(i) for i in np.asarray(dst).reshape(-1))
-        qhat_inv, c_lo, c_hi, big_mod, src_qf = self._convert_consts(src_t, dst_t)
+        qhat_inv, c_lo, c_hi, big_mod = self._convert_consts(src_t, dst_t)
         k = len(src_t)
         if k >= 32:  # keeps k·2^47 < 2^52 in the GEMMs below
             raise ParameterError(f"base conversion from {k} primes exceeds the exact fp64 bound")
@@ -355,9 +354,13 @@ class TorchRing:
         r += torch.matmul(c_lo, yf)  # < 2^47 + k·2^47 < 2^53: exact
         out = self.fmod(r, ldst.qf, ldst.qinv).to(torch.int64)
         if exact and k > 1:
-            v = yf[:, 0] / src_qf[0]
+            # divide by device tensors, not Python floats: CUDA turns division by a host scalar
+            # into multiplication by its reciprocal, which may round differently from numba's
+            # true division — and u must come out the same
+            qf = lsrc.qf.view(-1)
+            v = yf[:, 0] / qf[0:1]
             for i in range(1, k):
-                v = v + yf[:, i] / src_qf[i]
+                v = v + yf[:, i] / qf[i : i + 1]
             u = torch.floor(v).to(torch.int64).unsqueeze(1)  # (P, 1, N), 0 ≤ u < k
             corr = torch.remainder(u * big_mod, ldst.q)
             out = self.sub(out, corr, ldst.q)
