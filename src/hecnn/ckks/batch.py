@@ -38,6 +38,13 @@ class CiphertextBatch:
     data: np.ndarray
     scale: float
 
+    def __new__(cls, ctx: CkksContext | None = None, data=None, scale=None):
+        # the one backend dispatch point: a context on another array backend (hecnn.ckks.backend)
+        # builds that backend's batch type, with the same API
+        if cls is CiphertextBatch and getattr(ctx, "backend_name", "numpy") != "numpy":
+            cls = ctx.backend.batch_class
+        return super().__new__(cls)
+
     def __post_init__(self) -> None:
         d = self.data
         if not isinstance(d, np.ndarray) or d.dtype != np.int32 or d.ndim != 4:
@@ -97,6 +104,8 @@ class CiphertextBatch:
         if not batches:
             raise ShapeError("cannot stack an empty list of batches")
         first = batches[0]
+        if type(first) is not CiphertextBatch:  # another array backend stacks its own arrays
+            return type(first).stack(batches)
         lvl = min(b.level for b in batches)
         comps = max(b.components for b in batches)
         parts = []

@@ -18,6 +18,7 @@ from functools import cached_property
 import numpy as np
 
 from hecnn.ckks import kernels
+from hecnn.ckks.backend import check_backend, make_backend
 from hecnn.ckks.encoder import Encoder
 from hecnn.ckks.params import CkksParameters
 from hecnn.ckks.primes import primitive_root_of_unity
@@ -54,12 +55,22 @@ class CkksContext:
     """Tables and residue-array primitives for one :class:`CkksParameters`.
 
     Kernels run on row slices spread over ``threads`` worker threads (they release the GIL).
+    ``backend``/``device`` choose where ciphertext batches live and run (see
+    :mod:`hecnn.ckks.backend`); the methods below are the numpy primitives either way.
     """
 
-    def __init__(self, params: CkksParameters, *, threads: int | None = None) -> None:
+    def __init__(
+        self,
+        params: CkksParameters,
+        *,
+        threads: int | None = None,
+        backend: str = "numpy",
+        device: str = "cpu",
+    ) -> None:
         if not isinstance(params, CkksParameters):
             raise ParameterError(f"expected CkksParameters, got {type(params).__name__}")
         self.params = params
+        self.backend_name, self.device = check_backend(backend, device)
         self.threads = threads or default_threads()
         n = params.n
         self.n = n
@@ -155,7 +166,13 @@ class CkksContext:
     def __getstate__(self) -> dict:
         state = self.__dict__.copy()
         state.pop("pool", None)  # threads do not pickle; a copy makes its own
+        state.pop("backend", None)  # device tables: a copy rebuilds its own
         return state
+
+    @cached_property
+    def backend(self):
+        """The array backend object: None for numpy, a torch ring (tables on the device)."""
+        return make_backend(self, self.backend_name, self.device)
 
     # -- limb bookkeeping ---------------------------------------------------------------------
     def data_idx(self, level: int) -> np.ndarray:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from hecnn.ckks.backend import to_numpy
 from hecnn.ckks.batch import CiphertextBatch
 from hecnn.ckks.context import CkksContext
 from hecnn.ckks.keys import PublicKey, SecretKey
@@ -64,8 +65,9 @@ def encrypt(
     if isinstance(key, PublicKey):
         qp = ctx.qp_idx(level)
         key_limbs = np.concatenate([idx, ctx.special_idx])
-        pk_b = np.ascontiguousarray(key.data[0, key_limbs])
-        pk_a = np.ascontiguousarray(key.data[1, key_limbs])
+        pk = to_numpy(key.data)  # encryption runs on the CPU whatever the backend
+        pk_b = np.ascontiguousarray(pk[0, key_limbs])
+        pk_a = np.ascontiguousarray(pk[1, key_limbs])
 
         def small_qp(poly: np.ndarray) -> np.ndarray:
             return ctx.ntt(ctx.reduce_int(poly, qp), qp)
@@ -100,7 +102,7 @@ def decrypt_raw(ctx: CkksContext, batch: CiphertextBatch, sk: SecretKey) -> np.n
         raise ParameterError("ciphertext belongs to a different parameter set")
     idx = batch.idx
     s = ctx.ntt(ctx.reduce_int(sk.coeffs, idx), idx)
-    d = batch.data
+    d = to_numpy(batch.data)  # decryption runs on the CPU whatever the backend
     acc = np.ascontiguousarray(d[:, batch.components - 1])
     for c in range(batch.components - 2, -1, -1):  # Horner in s: ((c2·s) + c1)·s + c0
         acc = ctx.add(_mul_b(ctx, acc, s, idx), np.ascontiguousarray(d[:, c]), idx)

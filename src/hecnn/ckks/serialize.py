@@ -36,6 +36,7 @@ from typing import Any
 
 import numpy as np
 
+from hecnn.ckks.backend import to_numpy
 from hecnn.ckks.batch import MAX_COMPONENTS, CiphertextBatch
 from hecnn.ckks.context import CkksContext
 from hecnn.ckks.keys import EvaluationKeys, PublicKey, SecretKey, SwitchingKey
@@ -126,7 +127,7 @@ def pack(kind: Kind, params: CkksParameters, meta: dict, arrays: dict[str, np.nd
 
 
 def _residues(arr: np.ndarray) -> np.ndarray:
-    return arr.astype(np.uint32)
+    return to_numpy(arr).astype(np.uint32)  # host bytes whatever the backend
 
 
 def dumps(obj: CkksParameters | PublicKey | EvaluationKeys | CiphertextBatch | SecretKey) -> bytes:

@@ -38,3 +38,35 @@ def bench_batch(
     from hecnn.benchmarks.batch_sweep import sweep
 
     sweep(model, tuple(int(b) for b in batches.split(",")), Path(plot) if plot else None)
+
+
+@bench_app.command("gpu")
+def bench_gpu(
+    device: str = typer.Option("cuda", help="Torch device to measure: cuda, cuda:<i> or cpu."),
+    quick: bool = typer.Option(
+        False, "--quick", help="Small insecure ring, one model: checks the script end to end."
+    ),
+    out: str = typer.Option("", help="Also write the markdown tables to this file."),
+    models: str = typer.Option("", help="Comma-separated models (default: all)."),
+    cpu_threads: int = typer.Option(2, help="Threads of the numpy CPU baseline."),
+    cpu_baseline: bool = typer.Option(
+        True, "--cpu-baseline/--no-cpu-baseline", help="Also run every model on the CPU."
+    ),
+) -> None:
+    """Torch backend on a GPU vs numpy on the CPU: bit identity, kernels, full-batch models.
+
+    Last line: gpu_bench_failures=… (0 when every check passed).
+    """
+    from pathlib import Path
+
+    from hecnn.benchmarks.gpu import main
+
+    failures = main(
+        device=device,
+        quick=quick,
+        out=Path(out) if out else None,
+        model_names=tuple(m for m in models.split(",") if m) or None,
+        cpu_threads=cpu_threads,
+        cpu_baseline=cpu_baseline,
+    )
+    raise typer.Exit(1 if failures else 0)

@@ -24,6 +24,8 @@ def demo(
     model: str = typer.Option(DEFAULT_MODEL, help="Bundled model name."),
     batch: int = typer.Option(0, help="Images per ciphertext batch (default: fill the slots)."),
     quick: bool = typer.Option(False, "--quick", help="A smaller batch (same ring, same cost)."),
+    backend: str = typer.Option("numpy", help="Array backend: numpy (CPU kernels) or torch."),
+    device: str = typer.Option("cpu", help="Device of the torch backend: cpu, cuda, cuda:<i>."),
 ) -> None:
     """Keygen → encrypt → encrypted inference → decrypt, checked against the plaintext model."""
     import torch
@@ -55,7 +57,9 @@ def demo(
         console.print(f"[dim]{len(x_all)} bundled test images, repeated to fill {b} slots[/dim]")
 
     t0 = time.perf_counter()
-    ctx = CkksContext(plan.params)
+    # keys and encryption run on the CPU whatever the backend; the batches then live on it
+    ctx = CkksContext(plan.params, backend=backend, device=device)
+    ring = ctx.backend  # built now, so a missing GPU fails before any work
     kg = KeyGenerator(ctx)
     sk = kg.secret_key()
     pk = kg.public_key(sk)
@@ -77,10 +81,16 @@ def demo(
         task = bar.add_task("", total=len(plan.nodes))
 
         def progress(name: str, i: int, total: int) -> None:
+            if ring is not None:
+                ring.synchronize()  # queued GPU work belongs to the node before
             bar.update(task, completed=i, description=name)
 
+        if ring is not None:
+            ring.reset_peak()
         t0 = time.perf_counter()
         out = run(plan, ct, evk, progress=progress, report=report)
+        if ring is not None:
+            ring.synchronize()
         t_run = time.perf_counter() - t0
     stages.append(("encrypted inference (server)", t_run))
     t0 = time.perf_counter()
@@ -101,12 +111,18 @@ def demo(
     for t in report.timings[1:]:
         layers.add_row(t.name, str(t.ciphertexts), f"{t.seconds:.2f}")
     console.print(layers)
-    table = Table(title=f"{model}: {b} images, N={plan.params.n}, depth {plan.levels}")
+    where = "numpy" if ring is None else f"torch on {ring.device}"
+    table = Table(
+        title=f"{model}: {b} images, N={plan.params.n}, depth {plan.levels}, backend {where}"
+    )
     table.add_column("stage")
     table.add_column("seconds", justify="right")
     for name, sec in stages:
         table.add_row(name, f"{sec:.2f}")
     console.print(table)
+    peak = None if ring is None else ring.peak_bytes()
+    if peak is not None:
+        console.print(f"peak GPU memory during inference: {peak / 2**30:.2f} GiB")
     console.print(
         f"plaintext accuracy {100 * np.mean(ref_pred == y):.2f}% | encrypted accuracy "
         f"{100 * np.mean(enc_pred == y):.2f}% | label agreement {agreement:.2f}% | "

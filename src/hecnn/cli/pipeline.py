@@ -82,6 +82,8 @@ def infer(
     keys: Path = typer.Option(..., help="Directory with spec.json, params.hecnn, eval.hecnn."),
     inp: Path = typer.Option(..., "--in", help="Ciphertext file from `hecnn encrypt`."),
     out: Path = typer.Option(..., help="Encrypted outputs to write."),
+    backend: str = typer.Option("numpy", help="Array backend: numpy (CPU kernels) or torch."),
+    device: str = typer.Option("cpu", help="Device of the torch backend: cpu, cuda, cuda:<i>."),
 ) -> None:
     """Server: run the plan on ciphertexts with evaluation keys only (secret keys are refused)."""
     from hecnn.ckks import serialize
@@ -95,7 +97,8 @@ def infer(
     if params.fingerprint != plan.params.fingerprint:
         raise SerializationError("the keys were made for a different plan (parameters differ)")
     require_secure(params)
-    ctx = CkksContext(params)
+    ctx = CkksContext(params, backend=backend, device=device)
+    _ = ctx.backend  # fail early on a missing GPU
     evk = _read(keys / "eval.hecnn", ctx, expect=serialize.Kind.EVALUATION_KEYS)
     ct = _read(inp, ctx, expect=serialize.Kind.CIPHERTEXT_BATCH)
     t0 = time.perf_counter()
