@@ -7,7 +7,8 @@ images lives in ciphertext f — so a whole network is four kinds of node:
   (a convolution, a linear layer, average pooling, batch-norm and flatten all fold into it);
 - :class:`PolyNode` — y_f = p_f(x_f), one polynomial per feature (layer-, channel- or
   element-wise coefficients all become per-feature rows);
-- :class:`AddNode` and :class:`ConcatNode` for residual adds and Fire modules.
+- :class:`AddNode` and :class:`ConcatNode` for residual adds and Fire modules;
+- :class:`MulNode` — y_f = a_f·b_f, the product of two feature vectors (composite ReLU, max).
 
 A :class:`Plan` is a plain value: nodes in topological order, CKKS parameters, levels. It holds
 no keys and no ciphertexts.
@@ -93,6 +94,16 @@ class AddNode(Node):
 
 
 @dataclass
+class MulNode(Node):
+    """y_f = a_f · b_f: the elementwise product of two feature vectors (one ciphertext product
+    per feature), e.g. x · (1 + P(x/B)) in a composite ReLU."""
+
+    @property
+    def depth(self) -> int:
+        return 1 if self.rescale else 0
+
+
+@dataclass
 class ConcatNode(Node):
     pass
 
@@ -135,6 +146,8 @@ class Plan:
                 count = schedule(n.coeffs, n.fold_leading).relinearized_powers * n.features
             if n.relin_after:
                 count += n.features
+            if isinstance(n, MulNode):  # 3-component factors are relinearized first
+                count += sum(self.node(i).features for i in n.inputs if self.node(i).components > 2)
             out[n.name] = count
         return out
 

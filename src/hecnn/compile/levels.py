@@ -15,7 +15,7 @@ from collections.abc import Callable
 from hecnn.ckks.params import CkksParameters
 from hecnn.ckks.primes import MAX_PRIME_BITS
 from hecnn.ckks.security import MAX_LOG_QP_128, SUPPORTED_RING_DEGREES
-from hecnn.compile.ir import AffineNode, InputNode, Node, PolyNode
+from hecnn.compile.ir import AffineNode, InputNode, MulNode, Node, PolyNode
 from hecnn.compile.passes import consumers
 from hecnn.compile.polyeval import schedule
 from hecnn.errors import ParameterError
@@ -43,7 +43,10 @@ TAIL_WEIGHT_BITS = 20
 
 
 def _multiplies(n: Node) -> bool:
-    """A polynomial node that multiplies ciphertexts (some term of degree ≥ 2)."""
+    """A node that multiplies ciphertexts: a product node, or a polynomial with a term of
+    degree ≥ 2."""
+    if isinstance(n, MulNode):
+        return True
     if not isinstance(n, PolyNode):
         return False
     return any(t.power >= 2 for t in schedule(n.coeffs, n.fold_leading).terms)
@@ -72,6 +75,8 @@ def rescale_free_tail(nodes: list[Node], output: str) -> tuple[PolyNode, PolyNod
     if len(mult) < 2:
         return None
     last, prev = mult[-1], mult[-2]
+    if not isinstance(last, PolyNode) or not isinstance(prev, PolyNode):
+        return None
     sch = schedule(last.coeffs, last.fold_leading)
     if sch.relinearized_powers or max(sch.powers) > 2:
         return None
@@ -134,7 +139,9 @@ def _count_components(nodes: list[Node]) -> None:
     comps: dict[str, int] = {}
     for n in nodes:
         c = max((comps[i] for i in n.inputs), default=2)
-        if _multiplies(n):
+        if isinstance(n, MulNode):
+            c = 3  # the executor relinearizes 3-component factors first
+        elif _multiplies(n):
             if n.rescale:  # the executor relinearizes a 3-component input first
                 c = 3
             else:  # tail: x^top of a c-component x has top·(c − 1) + 1 components

@@ -27,7 +27,16 @@ import numpy as np
 from hecnn.ckks import serialize as envelope
 from hecnn.ckks.batch import MAX_COMPONENTS
 from hecnn.ckks.linear import BlockSparseWeights, WeightBlock
-from hecnn.compile.ir import AddNode, AffineNode, ConcatNode, InputNode, Node, Plan, PolyNode
+from hecnn.compile.ir import (
+    AddNode,
+    AffineNode,
+    ConcatNode,
+    InputNode,
+    MulNode,
+    Node,
+    Plan,
+    PolyNode,
+)
 from hecnn.errors import HecnnError, SerializationError
 
 PLAN_DTYPES = frozenset({"<f8", "<i8"})
@@ -41,6 +50,7 @@ _OPS: dict[str, type[Node]] = {
     "affine": AffineNode,
     "poly": PolyNode,
     "add": AddNode,
+    "mul": MulNode,
     "concat": ConcatNode,
 }
 _OP_OF = {cls: op for op, cls in _OPS.items()}
@@ -240,7 +250,7 @@ def _build(spec: dict, arrs: dict, params) -> Plan:
         inputs = tuple(_text(x, "input name") for x in raw_inputs)
         if any(x not in by_name for x in inputs):
             raise SerializationError(f"malformed plan: node {name!r} uses an undefined input")
-        arity = {"input": (0, 0), "affine": (1, 1), "poly": (1, 1), "add": (2, 2)}
+        arity = {"input": (0, 0), "affine": (1, 1), "poly": (1, 1), "add": (2, 2), "mul": (2, 2)}
         lo, hi = arity.get(op, (1, MAX_NODES))
         if not lo <= len(inputs) <= hi:
             raise SerializationError(f"malformed plan: {op} node {name!r} has {len(inputs)} inputs")
@@ -295,10 +305,10 @@ def _build(spec: dict, arrs: dict, params) -> Plan:
                 input_range=_pair_in(e.get("input_range"), "input_range"),
                 valid_range=_pair_in(e.get("valid_range"), "valid_range"),
             )
-        elif op == "add":
+        elif op in ("add", "mul"):
             if in_feats != [feats, feats]:
-                raise SerializationError(f"malformed plan: add node {name!r} feature mismatch")
-            node = AddNode(**common)
+                raise SerializationError(f"malformed plan: {op} node {name!r} feature mismatch")
+            node = AddNode(**common) if op == "add" else MulNode(**common)
         else:
             if sum(in_feats) != feats:
                 raise SerializationError(f"malformed plan: concat node {name!r} feature mismatch")

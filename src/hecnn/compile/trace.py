@@ -17,8 +17,9 @@ import torch.fx
 from torch import nn
 from torch.fx.passes.shape_prop import ShapeProp
 
+from hecnn.approx.modules import CompositeMaxPool2d, CompositeReLU
 from hecnn.ckks.linear import BlockSparseWeights
-from hecnn.compile.ir import AddNode, AffineNode, ConcatNode, InputNode, Node, PolyNode
+from hecnn.compile.ir import AddNode, AffineNode, ConcatNode, InputNode, MulNode, Node, PolyNode
 from hecnn.errors import UnsupportedLayerError
 from hecnn.nn.activations import PolyActivation
 
@@ -29,7 +30,8 @@ class _Tracer(torch.fx.Tracer):
     """Keeps polynomial activations as single leaf nodes."""
 
     def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
-        return isinstance(m, PolyActivation) or super().is_leaf_module(m, qualname)
+        leaf = (PolyActivation, CompositeReLU, CompositeMaxPool2d)
+        return isinstance(m, leaf) or super().is_leaf_module(m, qualname)
 
 
 def _csr(bs: BlockSparseWeights) -> sp.csr_matrix:
@@ -107,6 +109,127 @@ def _poly_coeffs(m: PolyActivation, shape) -> np.ndarray:
     return c.reshape(deg + 1, feats)
 
 
+def _sign_chain(name: str, x: str, shape, sign, scale: float, label: str) -> list[Node]:
+    """PolyNodes for 1 + P(x·scale), P = p_k∘…∘p_1 (the scale rides on p_1's coefficients)."""
+    feats = int(np.prod(shape))
+    comps = sign.components
+    nodes: list[Node] = []
+    prev = x
+    for i, comp in enumerate(comps):
+        c = np.asarray(comp, dtype=np.float64).copy()
+        if i == 0:
+            c = c * scale ** np.arange(len(c))
+        if i == len(comps) - 1:
+            c[0] += 1.0
+        node = PolyNode(
+            f"{name}.p{i + 1}",
+            (prev,),
+            shape,
+            source=f"{label} p{i + 1} (degree {len(c) - 1})",
+            coeffs=np.repeat(c[:, None], feats, axis=1),
+            input_range=(-1.0 / scale, 1.0 / scale) if i == 0 else (-1.0, 1.0),
+            valid_range=(-1.0 / scale, 1.0 / scale) if i == 0 else None,
+        )
+        nodes.append(node)
+        prev = node.name
+    return nodes
+
+
+def _composite_maxpool(name: str, x: str, in_shape, out_shape, m, label: str) -> list[Node]:
+    """k×k max-pool as a tournament: per round, pairs (a, b) of window values give
+    2·max = a + b + d·(1 + P(d/(2B_r))) − d with d = a − b, i.e. a + b + d·P(d/(2B_r)).
+
+    Each round is an affine node for d, the sign chain on d, a product node d·(1 + P), and an
+    affine node for a + b − d + … folded as: 2·max = (a + b − d) + d·(1 + P) = 2b + d·(1 + P).
+    The halving of a round rides on the next round's affine nodes (and the last one on the
+    consumer layer), so a round costs the chain's depth + 2 levels.
+    """
+    if m.padding != (0, 0):
+        raise UnsupportedLayerError(f"{label}: padded max-pooling is not supported encrypted")
+    c, h, w = in_shape
+    (kh, kw), (sh, sw) = m.kernel_size, m.stride
+    _, ho, wo = out_shape
+    feats = c * ho * wo
+    cc, yy, xx = np.meshgrid(np.arange(c), np.arange(ho), np.arange(wo), indexing="ij")
+    base = (cc * h * w + yy * sh * w + xx * sw).reshape(-1)
+    slots = [base + i * w + j for i in range(kh) for j in range(kw)]  # feature index per slot
+    src, src_feats, factor = x, c * h * w, 1.0
+    nodes: list[Node] = []
+    for r, br in enumerate(m.round_bounds):
+        pairs = [(slots[2 * t], slots[2 * t + 1]) for t in range(len(slots) // 2)]
+        odd = slots[-1] if len(slots) % 2 else None
+        npair = len(pairs)
+        rows = np.arange(npair * feats)
+        a_cols = np.concatenate([p[0] for p in pairs])
+        b_cols = np.concatenate([p[1] for p in pairs])
+        d = AffineNode(f"{name}.r{r}.d", (src,), (npair * feats,), source=f"{label} round {r} a−b")
+        d.matrix = sp.csr_matrix(
+            (
+                np.concatenate([np.full(len(rows), factor), np.full(len(rows), -factor)]),
+                (np.concatenate([rows, rows]), np.concatenate([a_cols, b_cols])),
+            ),
+            shape=(npair * feats, src_feats),
+        )
+        d.bias = np.zeros(npair * feats)
+        chain = _sign_chain(
+            f"{name}.r{r}", d.name, (npair * feats,), m.sign, 1.0 / (2.0 * br), label
+        )
+        prod = MulNode(
+            f"{name}.r{r}.mul",
+            (d.name, chain[-1].name),
+            (npair * feats,),
+            source=f"{label} d·(1+P)",
+        )
+        # 2·max(a, b) = 2b + d·(1 + P): the 2b rows (and an odd slot's value, doubled) come from
+        # src; concatenated with the product they add into the next round's values
+        keep = [p[1] for p in pairs] + ([odd] if odd is not None else [])
+        nkeep = len(keep)
+        twob = AffineNode(
+            f"{name}.r{r}.b", (src,), (nkeep * feats,), source=f"{label} round {r} 2b"
+        )
+        krows = np.arange(nkeep * feats)
+        twob.matrix = sp.csr_matrix(
+            (np.full(len(krows), 2.0 * factor), (krows, np.concatenate(keep))),
+            shape=(nkeep * feats, src_feats),
+        )
+        twob.bias = np.zeros(nkeep * feats)
+        nodes += [d, *chain, prod, twob]
+        if odd is None:
+            out = AddNode(f"{name}.r{r}", (twob.name, prod.name), (npair * feats,), source=label)
+            nodes.append(out)
+        else:
+            pad = AffineNode(
+                f"{name}.r{r}.pad", (prod.name,), (nkeep * feats,), source=f"{label} pad"
+            )
+            pad.matrix = sp.eye(nkeep * feats, npair * feats, format="csr")
+            pad.bias = np.zeros(nkeep * feats)
+            out = AddNode(f"{name}.r{r}", (twob.name, pad.name), (nkeep * feats,), source=label)
+            nodes += [pad, out]
+        src, src_feats, factor = out.name, out.features, 0.5
+        slots = [np.arange(t * feats, (t + 1) * feats) for t in range(out.features // feats)]
+    half = AffineNode(name, (src,), out_shape, source=f"{label} ×½")
+    half.matrix = sp.identity(feats, format="csr") * 0.5
+    half.bias = np.zeros(feats)
+    return [*nodes, half]
+
+
+def _composite_relu(name: str, x: str, shape, m: CompositeReLU, label: str) -> list[Node]:
+    """2·ReLU(x) ≈ x·(1 + P(x/B)), P = p_k∘…∘p_1 — then ×½ (an affine node the next linear
+    layer absorbs).
+
+    p_1 takes x/B through its coefficients (c_i/B^i), so no level is spent on the division; the
+    constant 1 rides on p_k; the product with x is one :class:`MulNode`.
+    """
+    feats = int(np.prod(shape))
+    nodes = _sign_chain(name, x, shape, m.sign, 1.0 / m.bound, label)
+    prev = nodes[-1].name
+    nodes.append(MulNode(f"{name}.mul", (x, prev), shape, source=f"{label} x·(1+P)"))
+    half = AffineNode(name, (f"{name}.mul",), shape, source=f"{label} ×½")
+    half.matrix = sp.identity(feats, format="csr") * 0.5
+    half.bias = np.zeros(feats)
+    return [*nodes, half]
+
+
 def trace(model: nn.Module, input_shape: tuple[int, ...]) -> tuple[list[Node], str]:
     """Raw nodes (topological order) and the output node's name."""
     model = model.eval()
@@ -147,6 +270,12 @@ def trace(model: nn.Module, input_shape: tuple[int, ...]) -> tuple[list[Node], s
             name = f"{type(m).__name__} {n.target}"
             if isinstance(m, _ALIAS_MODULES):
                 alias[n.name] = src(ins[0])
+                continue
+            if isinstance(m, CompositeReLU):
+                nodes += _composite_relu(n.name, src(ins[0]), out_shape, m, name)
+                continue
+            if isinstance(m, CompositeMaxPool2d):
+                nodes += _composite_maxpool(n.name, src(ins[0]), in_shape, out_shape, m, name)
                 continue
             if isinstance(m, PolyActivation):
                 rng = None

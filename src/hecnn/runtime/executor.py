@@ -16,7 +16,7 @@ import numpy as np
 
 from hecnn.ckks.batch import CiphertextBatch
 from hecnn.ckks.keys import EvaluationKeys
-from hecnn.compile.ir import AddNode, AffineNode, ConcatNode, InputNode, Plan, PolyNode
+from hecnn.compile.ir import AddNode, AffineNode, ConcatNode, InputNode, MulNode, Plan, PolyNode
 from hecnn.compile.levels import TAIL_WEIGHT_BITS
 from hecnn.compile.polyeval import feeding_powers, power_factors, schedule
 from hecnn.errors import LevelError, ParameterError, ShapeError
@@ -74,6 +74,8 @@ def run(
             out = _poly(n, vals[n.inputs[0]], keys)
         elif isinstance(n, AddNode):
             out = _add(vals[n.inputs[0]], vals[n.inputs[1]])
+        elif isinstance(n, MulNode):
+            out = _mul(n, vals[n.inputs[0]], vals[n.inputs[1]], keys)
         elif isinstance(n, ConcatNode):
             out = CiphertextBatch.stack([vals[x] for x in n.inputs])  # pads components
         else:  # pragma: no cover
@@ -206,6 +208,21 @@ def _poly_chunk(
         y = y.drop_to(target_level)
         result = y if result is None else result + y
     return result.add_const(coeffs[0])
+
+
+def _mul(
+    n: MulNode, a: CiphertextBatch, b: CiphertextBatch, keys: EvaluationKeys
+) -> CiphertextBatch:
+    """a_f·b_f per feature, chunked like a polynomial (3-component temporaries)."""
+    parts = []
+    for s in range(0, len(a), POLY_CHUNK):
+        y = _two(a[s : s + POLY_CHUNK], keys).mul(_two(b[s : s + POLY_CHUNK], keys))
+        if n.rescale:
+            if y.level <= y.params.min_level:
+                raise LevelError(f"{n.name}: no level left for the product")
+            y = y.rescale()
+        parts.append(y)
+    return parts[0] if len(parts) == 1 else CiphertextBatch.stack(parts)
 
 
 def _add(a: CiphertextBatch, b: CiphertextBatch) -> CiphertextBatch:

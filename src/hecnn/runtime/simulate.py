@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from hecnn.compile.ir import AddNode, AffineNode, ConcatNode, InputNode, Plan, PolyNode
+from hecnn.compile.ir import AddNode, AffineNode, ConcatNode, InputNode, MulNode, Plan, PolyNode
 
 
 def simulate(plan: Plan, images: np.ndarray) -> np.ndarray:
@@ -32,6 +32,8 @@ def simulate(plan: Plan, images: np.ndarray) -> np.ndarray:
             vals[n.name] = acc
         elif isinstance(n, AddNode):
             vals[n.name] = vals[n.inputs[0]] + vals[n.inputs[1]]
+        elif isinstance(n, MulNode):
+            vals[n.name] = vals[n.inputs[0]] * vals[n.inputs[1]]
         elif isinstance(n, ConcatNode):
             vals[n.name] = np.concatenate([vals[i] for i in n.inputs])
     return vals[plan.output].T
