@@ -32,6 +32,7 @@ if __name__ == "__main__":
     ap.add_argument("--models", default="", help="comma-separated models (default: all)")
     ap.add_argument("--cpu-threads", type=int, default=2, help="threads of the CPU baseline")
     ap.add_argument("--no-cpu-baseline", action="store_true", help="skip the CPU model runs")
+    ap.add_argument("--time-limit", type=float, default=480, help="start no model after (s)")
     args = ap.parse_args()
     _threadpoolctl_stand_in()
     from hecnn.benchmarks.gpu import main
@@ -43,5 +44,6 @@ if __name__ == "__main__":
         model_names=tuple(m for m in args.models.split(",") if m) or None,
         cpu_threads=args.cpu_threads,
         cpu_baseline=not args.no_cpu_baseline,
+        time_limit_s=args.time_limit,
     )
     sys.exit(1 if failures else 0)

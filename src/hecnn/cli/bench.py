@@ -52,6 +52,7 @@ def bench_gpu(
     cpu_baseline: bool = typer.Option(
         True, "--cpu-baseline/--no-cpu-baseline", help="Also run every model on the CPU."
     ),
+    time_limit: float = typer.Option(480, help="Start no model run after this many seconds."),
 ) -> None:
     """Torch backend on a GPU vs numpy on the CPU: bit identity, kernels, full-batch models.
 
@@ -68,5 +69,6 @@ def bench_gpu(
         model_names=tuple(m for m in models.split(",") if m) or None,
         cpu_threads=cpu_threads,
         cpu_baseline=cpu_baseline,
+        time_limit_s=time_limit,
     )
     raise typer.Exit(1 if failures else 0)
