@@ -208,3 +208,19 @@ def test_server_never_receives_or_builds_a_secret_key(tiny, client_keys, tmp_pat
         assert coeffs not in data
         if data[:4] == b"HECN":
             assert serialize.read_header(data)[0] != serialize.Kind.SECRET_KEY
+
+
+def test_jobs_run_on_the_torch_backend_too(tiny, client_keys, tmp_path):
+    """``hecnn serve --backend torch`` (here on the CPU device): same flow, same answers."""
+    pytest.importorskip("torch")
+    model, plan = tiny
+    app = create_app(plan, tmp_path / "t", allow_insecure_test_only=True, backend="torch")
+    x = tiny_images(16, 2)
+    with TestClient(app) as http:
+        res = classify(
+            ServiceClient("http://testserver", http=http),
+            x,
+            keys=client_keys,
+            allow_insecure_test_only=True,
+        )
+    check_against_plaintext(res.logits, plaintext(model, x), tol=0.05)

@@ -188,6 +188,10 @@ def linear_combination(
     """
     if not isinstance(batch, CiphertextBatch):
         raise ParameterError(f"expected a CiphertextBatch, got {type(batch).__name__}")
+    if type(batch) is not CiphertextBatch:  # another array backend (torch) has its own
+        return batch.linear_combination(
+            weights, bias=bias, weight_scale=weight_scale, max_digits=max_digits
+        )
     sw = BlockSparseWeights.dense(weights) if isinstance(weights, np.ndarray) else weights
     if not isinstance(sw, BlockSparseWeights):
         raise ParameterError(f"weights must be an array or BlockSparseWeights, got {type(weights)}")

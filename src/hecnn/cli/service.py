@@ -73,6 +73,8 @@ def serve(
     insecure_ring_for_tests: int = typer.Option(
         None, help="TEST ONLY: compile the bundled model for this small ring degree."
     ),
+    backend: str = typer.Option("numpy", help="Array backend of the jobs: numpy or torch."),
+    device: str = typer.Option("cpu", help="Device of the torch backend: cpu, cuda, cuda:<i>."),
 ) -> None:
     """Serve encrypted inference over HTTP (FastAPI + uvicorn)."""
     import uvicorn
@@ -90,6 +92,8 @@ def serve(
         max_sessions=max_sessions,
         preprocess=preprocess,
         allow_insecure_test_only=allow_insecure_test_only,
+        backend=backend,
+        device=device,
     )
     if plan.params.insecure_test_only:
         typer.secho(

@@ -92,15 +92,19 @@ def create_app(
     session_ttl: float = 7 * 24 * 3600.0,
     preprocess: str = "mnist",
     allow_insecure_test_only: bool = False,
+    backend: str = "numpy",
+    device: str = "cpu",
 ) -> FastAPI:
     """The service for ``plan``, keeping sessions and jobs under ``state_dir``.
 
     Parameters below 128-bit security are refused unless ``allow_insecure_test_only`` (the
-    ``--allow-insecure-test-only`` flag of ``hecnn serve``, for tests only).
+    ``--allow-insecure-test-only`` flag of ``hecnn serve``, for tests only). ``backend`` /
+    ``device`` choose where the jobs run (``"torch"``, ``"cuda"`` on a GPU server).
     """
     require_secure(plan.params, allow_insecure_test_only=allow_insecure_test_only)
     params = plan.params
-    ctx = CkksContext(params)
+    ctx = CkksContext(params, backend=backend, device=device)
+    _ = ctx.backend  # a missing torch or GPU fails at start-up, not in the first job
     state = Path(state_dir)
     state.mkdir(parents=True, exist_ok=True)
     uploads = state / "uploads"
