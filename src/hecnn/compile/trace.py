@@ -4,6 +4,15 @@ Every linear operation becomes an :class:`AffineNode` holding a scipy sparse mat
 flattened (C, H, W) features (row-major, the order of ``torch.flatten``); later passes merge and
 block them. Reshapes, Flatten, Dropout and Identity become aliases. Anything else raises
 :class:`UnsupportedLayerError` naming the operation and the node.
+
+Plain-PyTorch polynomials. Users write activations by hand — ``x * x``, ``x ** 2``,
+``torch.square(x)``, ``torch.pow(x, 3)``, ``0.5 * x + 1``, sums of such terms. Each elementwise
+arithmetic node is kept as a symbolic polynomial of one *base* tensor (numpy polynomial
+arithmetic on ascending coefficients); only when a non-polynomial operation (a layer, the
+output) consumes it is it materialized, as one :class:`PolyNode` (degree ≥ 2) or one
+:class:`AffineNode` (degree ≤ 1, which the passes then merge). So a hand-written
+``bn(conv(x)) ** 2`` compiles exactly like a ``hecnn.nn`` activation after BN: the BN folds into
+the convolution and the square is one level.
 """
 
 from __future__ import annotations
@@ -24,6 +33,78 @@ from hecnn.errors import UnsupportedLayerError
 from hecnn.nn.activations import PolyActivation
 
 _ALIAS_MODULES = (nn.Flatten, nn.Dropout, nn.Identity)
+
+_MUL = {operator.mul, torch.mul, "mul", torch.multiply}
+_ADD = {operator.add, torch.add, "add"}
+_SUB = {operator.sub, torch.sub, "sub", torch.subtract}
+_NEG = {operator.neg, torch.neg, "neg"}
+_DIV = {operator.truediv, torch.div, "div", torch.true_divide, "truediv"}
+_POW = {operator.pow, torch.pow, "pow"}
+_SQUARE = {torch.square, "square"}
+#: highest degree a hand-written polynomial may reach (beyond, coefficients and depth explode)
+MAX_POLY_DEGREE = 31
+
+Expr = tuple[str | None, np.ndarray]  # (base tensor's plan name or None for a constant, coeffs)
+
+
+def _is_poly_op(n: torch.fx.Node) -> bool:
+    if n.op not in ("call_function", "call_method"):
+        return False
+    t = n.target
+    try:
+        return any(t in group for group in (_MUL, _ADD, _SUB, _NEG, _DIV, _POW, _SQUARE))
+    except TypeError:  # unhashable target
+        return False
+
+
+def _poly_expr(n: torch.fx.Node, expr_of, where: str) -> Expr | None:
+    """The polynomial ``n`` computes of one base tensor, or ``None`` when ``n`` is an addition
+    of two different tensors (a residual add, handled as an :class:`AddNode`)."""
+    P = np.polynomial.polynomial
+    if n.kwargs.get("alpha", 1) != 1 or n.kwargs.get("rounding_mode") is not None:
+        raise UnsupportedLayerError(f"{where}: alpha= / rounding_mode= are not supported")
+    args = [*n.args, *[v for k, v in n.kwargs.items() if k in ("other", "exponent")]]
+    t = n.target
+    if t in _SQUARE:
+        args = [args[0], 2]
+        t = "pow"
+    if t in _NEG:
+        (base, c) = expr_of(args[0])
+        return base, -c
+    a, b = args[0], args[1]
+    if t in _POW:
+        base, c = expr_of(a)
+        if isinstance(b, torch.fx.Node) or float(b) != int(b) or int(b) < 0:
+            raise UnsupportedLayerError(
+                f"{where}: only non-negative integer powers are polynomials (got exponent {b!r})"
+            )
+        out = np.array([1.0])
+        for _ in range(int(b)):
+            out = P.polymul(out, c)
+        return base, out
+    if t in _DIV:
+        if isinstance(b, torch.fx.Node):
+            raise UnsupportedLayerError(
+                f"{where}: division by a tensor is not a polynomial; divide by a constant"
+            )
+        base, c = expr_of(a)
+        return base, c / float(b)
+    (ba, ca), (bb, cb) = expr_of(a), expr_of(b)
+    if ba is not None and bb is not None and ba != bb:
+        if t in _ADD:
+            return None
+        op = "×" if t in _MUL else "−"
+        raise UnsupportedLayerError(
+            f"{where}: {op} of two different tensors ({a} and {b}) is not a polynomial of one "
+            "tensor; only products/differences of a tensor with itself or with constants are "
+            "supported (use a residual `+`, or hecnn.nn activations)"
+        )
+    base = ba if ba is not None else bb
+    if t in _MUL:
+        return base, P.polymul(ca, cb)
+    if t in _ADD:
+        return base, P.polyadd(ca, cb)
+    return base, P.polysub(ca, cb)
 
 
 class _Tracer(torch.fx.Tracer):
@@ -247,8 +328,49 @@ def trace(model: nn.Module, input_shape: tuple[int, ...]) -> tuple[list[Node], s
     def shape_of(n: torch.fx.Node) -> tuple[int, ...]:
         return tuple(n.meta["tensor_meta"].shape[1:])
 
+    poly: dict[str, Expr] = {}  # fx node → pending polynomial of a base tensor
+    made: set[str] = set()
+
     def src(n: torch.fx.Node) -> str:
+        if n.name in poly and n.name not in made:
+            _materialize(n)
         return alias.get(n.name, n.name)
+
+    def expr_of(a) -> Expr:
+        if isinstance(a, torch.fx.Node):
+            if a.name in poly:
+                return poly[a.name]
+            return src(a), np.array([0.0, 1.0])
+        if isinstance(a, (int, float)) and not isinstance(a, bool):
+            return None, np.array([float(a)])
+        raise UnsupportedLayerError(f"argument {a!r} of an arithmetic operation is not a number")
+
+    def _materialize(n: torch.fx.Node) -> None:
+        made.add(n.name)
+        base, c = poly[n.name]
+        op = getattr(n.target, "__name__", str(n.target))
+        c = np.trim_zeros(np.asarray(c, dtype=np.float64), "b")
+        shape = shape_of(n)
+        feats = int(np.prod(shape))
+        if base is None or len(c) == 0:
+            raise UnsupportedLayerError(f"node {n.name!r}: a constant tensor is not supported")
+        if len(c) - 1 > MAX_POLY_DEGREE:
+            raise UnsupportedLayerError(
+                f"node {n.name!r}: polynomial of degree {len(c) - 1} > {MAX_POLY_DEGREE}"
+            )
+        if len(c) <= 2:  # a·x + b: affine, merged into its neighbours by the passes
+            node = AffineNode(n.name, (base,), shape, source=f"{op}: a·x+b")
+            node.matrix = sp.identity(feats, format="csr") * (c[1] if len(c) > 1 else 0.0)
+            node.bias = np.full(feats, c[0])
+        else:
+            node = PolyNode(
+                n.name,
+                (base,),
+                shape,
+                source=f"{op}: polynomial of {base}",
+                coeffs=np.repeat(c[:, None], feats, axis=1),
+            )
+        nodes.append(node)
 
     for n in gm.graph.nodes:
         where = f"node {n.name!r} ({n.op} {n.target})"
@@ -329,7 +451,14 @@ def trace(model: nn.Module, input_shape: tuple[int, ...]) -> tuple[list[Node], s
             nodes[-1].matrix = mat  # type: ignore[attr-defined]
             nodes[-1].bias = np.zeros(mat.shape[0]) if bias is None else bias
             continue
-        if n.op == "call_function" and n.target in (operator.add, torch.add):
+        if _is_poly_op(n):
+            e = _poly_expr(n, expr_of, where)
+            if e is not None:
+                if e[0] is None:
+                    raise UnsupportedLayerError(f"{where}: a constant tensor is not supported")
+                poly[n.name] = e
+                continue
+        if _is_poly_op(n) and n.target in _ADD:
             if len(ins) != 2:
                 raise UnsupportedLayerError(
                     f"{where}: only tensor + tensor additions are supported"
@@ -358,6 +487,7 @@ def trace(model: nn.Module, input_shape: tuple[int, ...]) -> tuple[list[Node], s
             continue
         raise UnsupportedLayerError(
             f"{where}: operation {n.target} is not supported under encryption; use a polynomial "
-            "activation from hecnn.nn, or hecnn.approximate for ReLU/max-pool"
+            "activation from hecnn.nn, plain arithmetic (x * x, x ** 2, a * x + b), or "
+            "hecnn.approximate / `hecnn check` for ReLU, max-pool, SiLU, GELU and Sigmoid"
         )
     return nodes, output
