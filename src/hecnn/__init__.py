@@ -12,9 +12,14 @@ __all__ = ["HecnnError", "__version__"]
 
 
 def __getattr__(name: str) -> object:
-    """PEP 562: ``hecnn.approximate`` (which needs torch) is imported on first use."""
+    """PEP 562: ``hecnn.approximate`` and ``hecnn.load`` (which need torch) are imported on
+    first use."""
     if name == "approximate":
         from hecnn.approx.convert import approximate
 
         return approximate
+    if name == "load":
+        from hecnn.check import load
+
+        return load
     raise AttributeError(f"module 'hecnn' has no attribute {name!r}")

@@ -19,7 +19,7 @@ app = typer.Typer(
 
 def _register() -> None:
     """Import command modules; each adds its commands to ``app``."""
-    from hecnn.cli import bench, demo, pipeline, service  # noqa: F401
+    from hecnn.cli import bench, check, demo, pipeline, service  # noqa: F401
 
     for optional in ("hecnn.cli.nn", "hecnn.cli.approx"):
         try:
