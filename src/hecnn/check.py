@@ -365,13 +365,18 @@ def simulate_ckks(plan: Any, images: np.ndarray, seed: int = 0) -> np.ndarray:
             out += rnd(nd.bias)[:, None]
             vals[nd.name] = noisy(out, sd_rescale(nd.components)) if nd.rescale else out
         elif isinstance(nd, PolyNode):
+            # each power x^k is a product tree of depth ceil(log2 k), every product rescaled,
+            # then Σ c_k x^k (one more rescale): the power's noise is weighted by its c_k
             v = vals[nd.inputs[0]]
-            acc = np.zeros_like(v)
-            for c in rnd(nd.coeffs)[::-1]:
-                acc = acc * v + c[:, None]
-            vals[nd.name] = (
-                noisy(acc, sd_rescale(nd.components) * math.sqrt(nd.depth)) if nd.rescale else acc
-            )
+            coeffs = rnd(nd.coeffs)
+            acc = np.repeat(coeffs[0][:, None], v.shape[1], axis=1)
+            sd = sd_rescale(max(nd.components, 2)) if nd.rescale else 0.0
+            for k in range(1, len(coeffs)):
+                power = v**k
+                if k > 1 and sd:
+                    power = noisy(power, sd * math.sqrt(math.ceil(math.log2(k))))
+                acc = acc + coeffs[k][:, None] * power
+            vals[nd.name] = noisy(acc, sd) if sd else acc
         elif isinstance(nd, AddNode):
             vals[nd.name] = vals[nd.inputs[0]] + vals[nd.inputs[1]]
         elif isinstance(nd, MulNode):
