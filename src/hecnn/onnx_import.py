@@ -58,13 +58,13 @@ ONNX_SUPPORTED: dict[str, str] = {
     "MaxPool": "composite minimax max-pool",
     "Sigmoid": "Chebyshev least-squares fit",
     "Gelu": "Chebyshev least-squares fit",
+    "Erf": "only inside GELU's x·(1 + erf(x/√2)), as torch exports nn.GELU",
 }
 #: advice for common ops that cannot be evaluated under encryption
 ONNX_ADVICE: dict[str, str] = {
     "Softmax": "drop the final Softmax (the argmax of the logits is the same) and export again",
     "LogSoftmax": "drop the final LogSoftmax (the argmax of the logits is the same)",
     "Tanh": "use Sigmoid, SiLU, ReLU or a polynomial activation (hecnn.nn) instead of Tanh",
-    "Erf": "export GELU as one op (opset ≥ 20) or use SiLU / ReLU",
     "LeakyRelu": "use ReLU (approximated by composite polynomials) or a hecnn.nn activation",
     "Shape": "use nn.Flatten() / x.flatten(1) instead of x.view(x.size(0), -1)",
     "Gather": "use nn.Flatten() / x.flatten(1) instead of x.view(x.size(0), -1)",
@@ -96,6 +96,32 @@ def _sym_pads(pads: list[int] | None, node: Any, idx: int) -> tuple[int, int]:
     if (t, left) != (b, r):
         raise _unsupported(node, idx, f"asymmetric padding {pads}; pad symmetrically")
     return (int(t), int(left))
+
+
+def _scalar(name: str, consts: dict[str, np.ndarray]) -> float | None:
+    c = consts.get(name)
+    return float(c.reshape(-1)[0]) if c is not None and c.size == 1 else None
+
+
+def _gelu_input(ins: list[str], producer: dict[str, Any], consts: dict[str, np.ndarray]):
+    """``x`` when ``Mul(x, Add(Erf(Div(x, √2)), 1))`` (either operand order), else ``None``."""
+    for s, other in ((ins[1], ins[0]), (ins[0], ins[1])):
+        add = producer.get(s)
+        if add is None or add.op_type != "Add":
+            continue
+        for e, one in ((add.input[0], add.input[1]), (add.input[1], add.input[0])):
+            erf = producer.get(e)
+            if erf is None or erf.op_type != "Erf" or _scalar(one, consts) != 1.0:
+                continue
+            div = producer.get(erf.input[0])
+            if div is None or div.input[0] != other:
+                continue
+            k = _scalar(div.input[1], consts)
+            if div.op_type == "Div" and k is not None and abs(k - np.sqrt(2.0)) < 1e-4:
+                return other
+            if div.op_type == "Mul" and k is not None and abs(k - np.sqrt(0.5)) < 1e-4:
+                return other
+    return None
 
 
 def load_onnx(path: str | Path) -> fx.GraphModule:
@@ -252,6 +278,8 @@ def load_onnx(path: str | Path) -> fx.GraphModule:
         elif op == "Concat":
             parts = [env[i] for i in ins]
             env[out] = graph.call_function(torch.cat, (parts,), {"dim": int(a["axis"])})
+        elif op == "Erf":  # kept only when a GELU pattern below consumes it (else compile error)
+            env[out] = graph.call_function(torch.erf, (x,))
         elif op == "Neg":
             env[out] = graph.call_function(operator.neg, (x,))
         else:  # Add, Sub, Mul, Div, Pow
@@ -264,6 +292,11 @@ def load_onnx(path: str | Path) -> fx.GraphModule:
                         silu_of = other
                 if silu_of is not None:
                     env[out] = add_module(node, idx, nn.SiLU(), env[silu_of])
+                    continue
+                gelu_of = _gelu_input(ins, producer, consts)
+                if gelu_of is not None:  # x·(1 + erf(x/√2)) = 2·GELU(x)
+                    gelu = add_module(node, idx, nn.GELU(), env[gelu_of])
+                    env[out] = graph.call_function(operator.mul, (gelu, 2.0))
                     continue
             if isinstance(rhs, np.ndarray) and op == "Add" and isinstance(lhs, fx.Node):
                 bias = rhs.reshape(-1)

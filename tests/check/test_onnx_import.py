@@ -109,3 +109,46 @@ def test_unknown_op_lists_what_is_supported(tmp_path):
 def test_missing_file_is_a_hecnn_error(tmp_path):
     with pytest.raises(HecnnError, match="does not exist"):
         hecnn.load(tmp_path / "nope.onnx")
+
+
+def _erf_gelu_model(path, with_pattern=True):
+    rng = np.random.default_rng(0)
+    inits = {
+        "fc": rng.normal(size=(4, 16)),
+        "fc2": rng.normal(size=(3, 4)),
+        "sqrt2": np.array(np.sqrt(2.0)),
+        "one": np.array(1.0),
+        "half": np.array(0.5),
+    }
+    nodes = [
+        helper.make_node("Flatten", ["x"], ["f"], name="flat0", axis=1),
+        helper.make_node("Gemm", ["f", "fc"], ["g"], name="fc0", transB=1),
+        helper.make_node("Div", ["g", "sqrt2"], ["d"], name="div0"),
+        helper.make_node("Erf", ["d"], ["e"], name="erf0"),
+    ]
+    if with_pattern:  # torch's opset-17 GELU: 0.5 · x · (1 + erf(x/√2))
+        nodes += [
+            helper.make_node("Add", ["e", "one"], ["a"], name="add0"),
+            helper.make_node("Mul", ["g", "a"], ["m"], name="mul0"),
+            helper.make_node("Mul", ["m", "half"], ["h"], name="mul1"),
+            helper.make_node("Gemm", ["h", "fc2"], ["y"], name="fc1", transB=1),
+        ]
+    else:
+        nodes += [helper.make_node("Gemm", ["e", "fc2"], ["y"], name="fc1", transB=1)]
+    return _graph_model(nodes, inits, path)
+
+
+def test_erf_gelu_pattern_becomes_gelu(tmp_path):
+    model = hecnn.load(_erf_gelu_model(tmp_path / "gelu.onnx"))
+    assert any(isinstance(m, torch.nn.GELU) for m in model.modules())
+    x = torch.rand(4, 1, 4, 4)
+    g = x.flatten(1) @ model.fc0.weight.T
+    ref = torch.nn.functional.gelu(g) @ model.fc1.weight.T
+    with torch.no_grad():
+        np.testing.assert_allclose(model(x).numpy(), ref.detach().numpy(), atol=1e-5)
+
+
+def test_lone_erf_is_a_clear_compile_error(tmp_path):
+    model = hecnn.load(_erf_gelu_model(tmp_path / "erf.onnx", with_pattern=False))
+    with pytest.raises(UnsupportedLayerError, match="erf"):
+        compile_model(model, (1, 4, 4), batch=4, insecure_ring_for_tests=1 << 12)
