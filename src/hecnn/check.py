@@ -502,6 +502,13 @@ def check(
     x = images[:n]
     y = None if labels is None else np.asarray(labels)[:n]
     cal = images[: max(calib, 1)]
+    try:
+        with torch.no_grad():
+            model.eval()(torch.as_tensor(x[:1]))
+    except Exception as exc:  # wrong channels / size: say so before any compiling
+        raise ShapeError(
+            f"the model does not run on images of shape {tuple(x.shape[1:])}: {exc}"
+        ) from exc
     stages: list[tuple[str, float]] = []
     t0 = time.perf_counter()
     approx_model, approximations = prepare(model, cal, alpha=alpha, degree=degree)

@@ -68,6 +68,8 @@ ONNX_ADVICE: dict[str, str] = {
     "LeakyRelu": "use ReLU (approximated by composite polynomials) or a hecnn.nn activation",
     "Shape": "use nn.Flatten() / x.flatten(1) instead of x.view(x.size(0), -1)",
     "Gather": "use nn.Flatten() / x.flatten(1) instead of x.view(x.size(0), -1)",
+    "Transpose": "export with channels-first (N×C×H×W) inputs, e.g. tf2onnx --inputs-as-nchw",
+    "Squeeze": "flatten with Flatten(axis=1) instead of squeezing pooled maps",
 }
 
 
@@ -103,7 +105,9 @@ def _scalar(name: str, consts: dict[str, np.ndarray]) -> float | None:
     return float(c.reshape(-1)[0]) if c is not None and c.size == 1 else None
 
 
-def _gelu_input(ins: list[str], producer: dict[str, Any], consts: dict[str, np.ndarray]):
+def _gelu_input(
+    ins: list[str], producer: dict[str, Any], consts: dict[str, np.ndarray]
+) -> str | None:
     """``x`` when ``Mul(x, Add(Erf(Div(x, √2)), 1))`` (either operand order), else ``None``."""
     for s, other in ((ins[1], ins[0]), (ins[0], ins[1])):
         add = producer.get(s)

@@ -103,3 +103,10 @@ def test_load_images_npz_uint8_and_folder(tmp_path, npz):
         )
     x, y = load_images(tmp_path / "folder")
     assert x.shape == (2, 1, 8, 8) and list(y) == [0, 1] and x[1].max() == 1.0
+
+
+def test_images_of_the_wrong_shape_are_a_clear_error(onnx_dir, tmp_path):
+    bad = tmp_path / "rgb.npz"
+    np.savez(bad, x=np.zeros((4, 3, 8, 8), np.uint8))
+    proc = _hecnn("check", str(onnx_dir / "square_bn_cnn.onnx"), "--images", str(bad))
+    assert proc.returncode == 2 and "(3, 8, 8)" in proc.stderr and "Traceback" not in proc.stderr
