@@ -351,8 +351,9 @@ def gather_centered(x, rows, comp, limb, q, out):
 
 
 @nb.njit(nogil=True, cache=True)
-def reduce_digit_products(z, digit_mul, digit_shoup, q, out, comp, limb, out_rows):
-    """out[out_rows[o], comp, limb, :] = Σ_t z[t, o, :]·digit_mul[t] mod q.
+def reduce_digit_products(z, digit_mul, digit_shoup, q, out, comp, limb, out_rows, accumulate):
+    """out[out_rows[o], comp, limb, :] = Σ_t z[t, o, :]·digit_mul[t] mod q (``accumulate``: added
+    to what the row holds, mod q — partial products of one layer summed chunk by chunk).
 
     z[t] are exact fp64 GEMM results of weight digit-plane t with |z| < 2^52. The remainder
     z − ⌊z/q⌋·q is computed in doubles: ⌊z/q⌋·q is within q of z, below 2^53, hence exact, and
@@ -378,7 +379,7 @@ def reduce_digit_products(z, digit_mul, digit_shoup, q, out, comp, limb, out_row
                 y = np.uint64(np.uint32(np.int32(r)))
                 v = np.uint32(y * w - ((y * wp) >> _U32) * q64)
                 v = min(v, np.uint32(v - q32))
-                if t == 0:
+                if t == 0 and not accumulate:
                     row[j] = np.int32(v)
                 else:
                     a = np.uint32(row[j]) + v
