@@ -11,6 +11,7 @@ from torch import nn
 from hecnn.ckks.linear import BlockSparseWeights
 from hecnn.compile import compile_model
 from hecnn.compile.streaming import (
+    PIECE,
     Gather,
     default_memory_budget,
     find_segments,
@@ -121,7 +122,9 @@ def test_streamed_estimate_counts_a_chunk_not_the_layer(wide):
     assert wide.memory_estimate(streaming=False) == whole
     big = plan_streaming(wide, 10 * whole)
     (seg,) = big.segments
-    assert seg.chunks == 1 and big.fits  # everything fits: one chunk, the whole layer
+    head = wide.node(seg.nodes[0])
+    assert seg.chunk == head.features and big.fits  # everything fits: the whole layer at once
+    assert seg.chunks == -(-head.features // PIECE)  # computed a piece at a time
     small = plan_streaming(wide, int(0.5 * whole))
     assert small.segments[0].chunk < seg.chunk
     assert small.peak < whole

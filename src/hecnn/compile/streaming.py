@@ -45,6 +45,35 @@ AFFINE_OUTPUT_COPIES = 3
 OTHER_OUTPUT_COPIES = 2
 #: smallest chunk tried when shrinking chunks to fit a budget
 MIN_CHUNK = 32
+#: features the head and the polynomials of a segment compute at once (bounds their
+#: temporaries); the chunk — what a streamed affine node receives at once — may be larger:
+#: each delivery to an affine node costs one modular reduction of every row block it reaches,
+#: so fewer, larger deliveries are cheaper
+PIECE = 256
+
+
+def piece_size(chunk: int) -> int:
+    """Features the head and the polynomials process at once for a given chunk."""
+    return max(1, min(chunk, PIECE))
+
+
+def row_pieces(blocks: list[tuple[int, int]], piece: int) -> Iterator[list[tuple[int, int, int]]]:
+    """Group the rows of (block, rows) pairs, in order, into pieces of at most ``piece`` rows:
+    lists of (block, lo, hi); a block larger than a piece is split."""
+    group: list[tuple[int, int, int]] = []
+    rows = 0
+    for b, n in blocks:
+        lo = 0
+        while lo < n:
+            take = min(n - lo, piece - rows)
+            group.append((b, lo, lo + take))
+            rows += take
+            lo += take
+            if rows == piece:
+                yield group
+                group, rows = [], 0
+    if group:
+        yield group
 
 
 def default_memory_budget() -> int:
@@ -276,12 +305,15 @@ def _copies(n: Node) -> int:
 
 
 def simulate_segment(plan: Plan, nodes: tuple[Node, ...], chunk: int) -> tuple[int, int]:
-    """Replay a segment's chunk flow on indices only: (chunks, peak bytes held by the stream).
+    """Replay a segment's flow on indices only: (head pieces, peak bytes held by the stream).
 
-    Counts the accumulators of the row blocks in progress, the completed rows waiting to reach
-    ``chunk`` features, and the working set of the chunk being processed (its input and the
-    transient copies of its output, as for an unstreamed node) — the head's input and the
-    sink's assembled output are counted by :func:`memory_profile`.
+    The same rules as the runtime: the head and the polynomials work :func:`piece_size`
+    features at a time; a streamed affine node buffers its inputs until it holds ``chunk``
+    features, adds their partial products to the accumulators of the row blocks they reach
+    (allocated on first touch), and finishes its completed blocks ``chunk`` rows at a time.
+    Counts the accumulators, the input buffers, and the working set of the piece or chunk being
+    processed (its input and the transient copies of its output, as for an unstreamed node) —
+    the head's input and the sink's assembled output are counted by :func:`memory_profile`.
     """
     gathers = [Gather(n.weights) if isinstance(n, AffineNode) else None for n in nodes]
     gathers[0] = None  # the head computes its rows directly from its materialized input
@@ -290,59 +322,67 @@ def simulate_segment(plan: Plan, nodes: tuple[Node, ...], chunk: int) -> tuple[i
         for n, g in zip(nodes, gathers, strict=True)
     ]
     out_ct = [ct_bytes(plan, n.components, n.level_out) for n in nodes]
-    # per feature of a chunk at node k: its input (none for the head, the accumulators for a
-    # gathering affine node) and the copies of its output
-    work = [
-        (0 if k == 0 or gathers[k] else out_ct[k - 1]) + _copies(n) * out_ct[k]
-        for k, n in enumerate(nodes)
-    ]
-    held = [0] * len(nodes)  # bytes of accumulators and buffers per node
-    buffered = [0] * len(nodes)  # completed rows waiting to reach ``chunk``
-    pending: list[list[np.ndarray]] = [[] for _ in nodes]
+    in_ct = [0, *out_ct[:-1]]
+    held = [0] * len(nodes)  # bytes of input buffers and accumulators per node
+    inbuf: list[list[np.ndarray]] = [[] for _ in nodes]
+    done_rows: list[list[tuple[int, int]]] = [[] for _ in nodes]  # completed (block, rows)
     started: list[set[int]] = [set() for _ in nodes]
     peak = 0
 
-    def flush(k: int) -> np.ndarray:
-        idx = np.concatenate(pending[k])
-        pending[k] = []
-        held[k] -= buffered[k] * acc_bytes[k]
-        buffered[k] = 0
-        return idx
+    def note(extra: int) -> None:
+        nonlocal peak
+        peak = max(peak, sum(held) + extra)
+
+    def flush(k: int) -> list[np.ndarray]:
+        g, out = gathers[k], []
+        for group in row_pieces(done_rows[k], piece_size(chunk)):
+            idx = np.concatenate([g.blocks[b].out_idx[lo:hi] for b, lo, hi in group])
+            note(len(idx) * _copies(nodes[k]) * out_ct[k])
+            held[k] -= len(idx) * acc_bytes[k]
+            out.append(idx)
+        done_rows[k] = []
+        return out
+
+    def deliver(k: int) -> list[np.ndarray]:
+        g = gathers[k]
+        idx = np.concatenate(inbuf[k])
+        inbuf[k] = []
+        parts, done = g.deliver(idx)
+        for b in [b for b, _ in parts] + done:
+            if b not in started[k]:  # accumulator allocated on first touch
+                started[k].add(b)
+                held[k] += len(g.blocks[b].out_idx) * acc_bytes[k]
+        note(len(idx) * in_ct[k])  # the buffered inputs, concatenated
+        held[k] -= len(idx) * in_ct[k]  # and released
+        done_rows[k] += [(b, len(g.blocks[b].out_idx)) for b in done]
+        if sum(rows for _, rows in done_rows[k]) >= piece_size(chunk):
+            return flush(k)
+        return []
 
     def push(k: int, items: list[np.ndarray]) -> None:
-        nonlocal peak
         for k2 in range(k, len(nodes)):
-            g = gathers[k2]
-            if g is None:  # elementwise: the same features go on
-                for idx in items:
-                    peak = max(peak, sum(held) + len(idx) * work[k2])
-                continue
             out = []
             for idx in items:
-                parts, done = g.deliver(idx)
-                for b in [b for b, _ in parts] + done:
-                    if b not in started[k2]:  # accumulator allocated on first touch
-                        started[k2].add(b)
-                        held[k2] += len(g.blocks[b].out_idx) * acc_bytes[k2]
-                for b in done:
-                    pending[k2].append(g.blocks[b].out_idx)
-                    buffered[k2] += len(g.blocks[b].out_idx)
-                peak = max(peak, sum(held) + len(idx) * out_ct[k2 - 1])
-                if buffered[k2] >= chunk:
-                    rows = buffered[k2]
-                    peak = max(peak, sum(held) + rows * work[k2])
-                    out.append(flush(k2))
+                if gathers[k2] is None:  # elementwise: the same features go on
+                    note(len(idx) * (in_ct[k2] + _copies(nodes[k2]) * out_ct[k2]))
+                    out.append(idx)
+                    continue
+                inbuf[k2].append(idx)
+                held[k2] += len(idx) * in_ct[k2]
+                if sum(map(len, inbuf[k2])) >= chunk:
+                    out += deliver(k2)
             items = out
 
     count = 0
-    for hc in head_chunks(nodes[0], chunk):
+    for hc in head_chunks(nodes[0], piece_size(chunk)):
         count += 1
-        peak = max(peak, sum(held) + len(hc.idx) * work[0])
+        note(len(hc.idx) * _copies(nodes[0]) * out_ct[0])
         push(1, [hc.idx])
     for k in range(1, len(nodes)):
-        if gathers[k] is not None and buffered[k]:
-            peak = max(peak, sum(held) + buffered[k] * work[k])
-            push(k + 1, [flush(k)])
+        if gathers[k] is None:
+            continue
+        items = deliver(k) if inbuf[k] else []
+        push(k + 1, items + flush(k))
     return count, peak
 
 

@@ -1,13 +1,15 @@
 """Chunk-by-chunk execution of a streamed segment (see :mod:`hecnn.compile.streaming`).
 
-The head's outputs are computed a chunk of features at a time and pushed down the chain; each
-stage turns the chunks it receives into the chunks it passes on:
+The head's outputs are computed a piece of features at a time (at most
+:data:`~hecnn.compile.streaming.PIECE`) and pushed down the chain; each stage turns what it
+receives into what it passes on:
 
 - :class:`_PolyStage`: the same features, the polynomial evaluated on them;
-- :class:`_AffineStage`: each chunk's partial product added into the accumulators of the row
-  blocks it reaches (one Δ_w and one encoding exponent for all chunks, so the partial sums share
-  a scale and add exactly mod q); completed blocks are buffered and, once there are a chunk's
-  worth, finished as the unstreamed node would finish them (bias, rescale, relinearization);
+- :class:`_AffineStage`: inputs buffered to a chunk, whose partial product is added into the
+  accumulators of the row blocks it reaches (one Δ_w and one encoding exponent for all chunks,
+  so the partial sums share a scale and add exactly mod q); completed blocks are buffered and,
+  once there are a chunk's worth, finished as the unstreamed node would finish them (bias,
+  rescale, relinearization);
 - the sink's chunks are written into the segment's one materialized output.
 """
 
@@ -24,7 +26,7 @@ from hecnn.ckks.context import CkksContext
 from hecnn.ckks.keys import EvaluationKeys
 from hecnn.ckks.linear import accumulate_products, encoding_exponent
 from hecnn.compile.ir import AffineNode, Node, Plan, PolyNode
-from hecnn.compile.streaming import Gather, SegmentSchedule, head_chunks
+from hecnn.compile.streaming import Gather, SegmentSchedule, head_chunks, piece_size, row_pieces
 from hecnn.errors import ParameterError, ScaleError
 
 Chunk = tuple[np.ndarray, CiphertextBatch]  # (global feature indices, their ciphertexts)
@@ -49,7 +51,9 @@ class _PolyStage:
 
 
 class _AffineStage:
-    """An affine node fed chunk by chunk: accumulators for the row blocks in progress."""
+    """An affine node fed chunk by chunk: its inputs are buffered until ``chunk`` features are
+    there, then their partial products go into the accumulators of the row blocks they reach;
+    completed blocks are finished ``chunk`` rows at a time."""
 
     def __init__(
         self,
@@ -62,9 +66,9 @@ class _AffineStage:
         self.node, self.ctx, self.keys, self.chunk = n, ctx, keys, chunk
         self.weight_scale = weight_scale
         self.gather = Gather(n.weights)
+        self.inbuf: list[Chunk] = []
         self.acc: dict[int, np.ndarray] = {}
         self.done: list[int] = []
-        self.buffered = 0
         self.delta_w: float | None = None
         self.exponent = 0
         self.scale = 0.0
@@ -72,7 +76,7 @@ class _AffineStage:
 
     @property
     def held(self) -> int:
-        return sum(a.nbytes for a in self.acc.values())
+        return sum(a.nbytes for a in self.acc.values()) + sum(y.data.nbytes for _, y in self.inbuf)
 
     def push(self, idx: np.ndarray, x: CiphertextBatch) -> list[Chunk]:
         if self.delta_w is None:  # fixed by the first chunk: every chunk shares level and scale
@@ -83,6 +87,26 @@ class _AffineStage:
             raise ScaleError(
                 f"{self.node.name}: streamed chunks disagree in components, level or scale"
             )
+        self.inbuf.append((idx, x))
+        if sum(len(i) for i, _ in self.inbuf) < self.chunk:
+            return []
+        return self._deliver()
+
+    def finish(self) -> list[Chunk]:
+        out = self._deliver() if self.inbuf else []
+        if self.delta_w is None or np.any(self.gather.remaining > 0):
+            raise ParameterError(f"{self.node.name}: the stream ended before all inputs arrived")
+        return out + self._flush()
+
+    def _deliver(self) -> list[Chunk]:
+        """Add the buffered inputs' partial products; finish the completed blocks once they
+        hold a piece's worth of rows."""
+        if len(self.inbuf) == 1:
+            idx, x = self.inbuf[0]
+        else:
+            idx = np.concatenate([i for i, _ in self.inbuf])
+            x = CiphertextBatch.stack([y for _, y in self.inbuf])
+        self.inbuf = []
         parts, done = self.gather.deliver(idx)
         targets = []
         for b, sub in parts:
@@ -90,32 +114,37 @@ class _AffineStage:
                 self.acc[b] = self._zeros(b)
             targets.append((sub, self.acc[b]))
         accumulate_products(x, targets, weight_scale=self.delta_w, exponent=self.exponent)
+        del x
         for b in done:
             if b not in self.acc:  # a block without inputs: bias only
                 self.acc[b] = self._zeros(b)
             self.done.append(b)
-            self.buffered += len(self.gather.blocks[b].out_idx)
-        return [self._flush()] if self.buffered >= self.chunk else []
-
-    def finish(self) -> list[Chunk]:
-        if self.delta_w is None or np.any(self.gather.remaining > 0):
-            raise ParameterError(f"{self.node.name}: the stream ended before all inputs arrived")
-        return [self._flush()] if self.done else []
+        rows = sum(len(self.gather.blocks[b].out_idx) for b in self.done)
+        return self._flush() if rows >= piece_size(self.chunk) else []
 
     def _zeros(self, b: int) -> np.ndarray:
         return np.zeros((len(self.gather.blocks[b].out_idx), *self.shape), dtype=np.int32)
 
-    def _flush(self) -> Chunk:
-        blocks = [self.gather.blocks[b] for b in self.done]
-        idx = np.concatenate([blk.out_idx for blk in blocks]).astype(np.int64)
-        data = np.concatenate([self.acc.pop(b) for b in self.done])
-        self.done, self.buffered = [], 0
-        y = CiphertextBatch(self.ctx, data, self.scale * self.delta_w)
-        if self.node.bias is not None:
-            y = y.add_const(self.node.bias[idx])
-        if self.node.rescale:
-            y = y.rescale()
-        return idx, _relinearize_as_planned(self.node, y, self.keys)
+    def _flush(self) -> list[Chunk]:
+        """Finish every completed block as the unstreamed node would (bias, rescale, planned
+        relinearization), a piece of rows at a time; their accumulators are released."""
+        out = []
+        for group in row_pieces(
+            [(b, len(self.gather.blocks[b].out_idx)) for b in self.done], piece_size(self.chunk)
+        ):
+            idx = np.concatenate([self.gather.blocks[b].out_idx[lo:hi] for b, lo, hi in group])
+            data = np.concatenate([self.acc[b][lo:hi] for b, lo, hi in group])
+            for b, _lo, hi in group:
+                if hi == len(self.gather.blocks[b].out_idx):
+                    del self.acc[b]
+            y = CiphertextBatch(self.ctx, data, self.scale * self.delta_w)
+            if self.node.bias is not None:
+                y = y.add_const(self.node.bias[idx])
+            if self.node.rescale:
+                y = y.rescale()
+            out.append((idx.astype(np.int64), _relinearize_as_planned(self.node, y, self.keys)))
+        self.done = []
+        return out
 
 
 class _Sink:
@@ -203,7 +232,7 @@ def run_segment(
             return poly(head, x[hc.idx], keys, head.coeffs[:, hc.idx])
 
     total = seg.chunks
-    for k, hc in enumerate(head_chunks(head, seg.chunk)):
+    for k, hc in enumerate(head_chunks(head, piece_size(seg.chunk))):
         t0 = time.perf_counter()
         y = _relinearize_as_planned(head, compute(hc), keys)
         seconds[head.name] += time.perf_counter() - t0
