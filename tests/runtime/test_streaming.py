@@ -12,11 +12,13 @@ import pytest
 import torch
 from torch import nn
 
+from hecnn.ckks.batch import CiphertextBatch
 from hecnn.ckks.context import CkksContext
 from hecnn.ckks.keys import KeyGenerator
 from hecnn.compile import compile_model
 from hecnn.nn.activations import Square, SwishPoly4, TrainablePoly
 from hecnn.runtime import RunReport, decrypt_outputs, encrypt_images, run
+from hecnn.runtime.memory import file_mapping, release_rows
 
 RING = 1 << 12
 
@@ -139,9 +141,10 @@ def test_streaming_exercises_relinearized_chunks_and_three_component_partials():
 def test_run_report_and_a_budget_that_cannot_be_met():
     plan, ctx, sk, evk, ct, ref = _setup(Expand(), (1, 6, 6))
     report = RunReport()
-    out = run(plan, ct, evk, memory_budget=1, report=report)  # nothing fits: smallest chunks
+    out = run(plan, ct, evk, memory_budget=1, report=report)  # nothing fits
     assert not report.schedule.fits
-    assert report.schedule.segments[0].chunk == 32
+    seg = report.schedule.segments[0]
+    assert seg.chunk < plan.node(seg.nodes[0]).features  # the least memory, not the whole layer
     assert [t.name for t in report.timings] == [n.name for n in plan.nodes]
     assert all(t.seconds >= 0 for t in report.timings) and report.total > 0
     assert report.peak_rss > 0 and report.peak_held >= ct.data.nbytes
@@ -149,3 +152,27 @@ def test_run_report_and_a_budget_that_cannot_be_met():
     seen = []
     run(plan, ct, evk, chunk=40, progress=lambda name, i, total: seen.append(name))
     assert any("chunk 1/" in s for s in seen) and seen[-1] == "done"
+
+
+def test_inputs_mapped_from_a_file_are_released_and_give_the_same_result(tmp_path):
+    plan, ctx, sk, evk, ct, ref = _setup(Wide(), (2, 8, 8))
+    path = tmp_path / "inputs.bin"
+    ct.data.tofile(path)
+    mapped = np.memmap(path, dtype=np.int32, mode="r", shape=ct.data.shape)
+    on_disk = CiphertextBatch(ctx, np.asarray(mapped), ct.scale)
+    assert file_mapping(on_disk.data) is not None and file_mapping(ct.data) is None
+    report = RunReport()
+    out = run(plan, on_disk, evk, chunk=9, report=report)
+    assert np.array_equal(out.data, run(plan, ct, evk, streaming=False).data)
+    _check_plaintext(ctx, sk, out, ref)
+
+
+def test_release_rows_drops_pages_but_keeps_the_data(tmp_path):
+    rows = np.arange(64 * 4096, dtype=np.int32).reshape(64, 4096)  # 16 KiB per row
+    path = tmp_path / "rows.bin"
+    rows.tofile(path)
+    mapped = np.asarray(np.memmap(path, dtype=np.int32, mode="r", shape=rows.shape))
+    assert int(mapped.sum()) == int(rows.sum())  # every page read once
+    assert release_rows(mapped, np.r_[3:9, 20]) >= 7 * 16384 - 2 * 4096
+    assert np.array_equal(mapped, rows)  # paged back in from the file
+    assert release_rows(rows, np.arange(64)) == 0  # ordinary memory is never touched

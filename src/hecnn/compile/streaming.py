@@ -186,6 +186,14 @@ def head_chunks(node: Node, chunk: int) -> Iterator[HeadChunk]:
         yield emit()
 
 
+def input_rows(node: Node, hc: HeadChunk) -> np.ndarray:
+    """The rows of the head's input that computing head chunk ``hc`` reads."""
+    if hc.weights is None:
+        return hc.idx
+    used = [b.in_idx for b in hc.weights.blocks]
+    return np.unique(np.concatenate(used)).astype(np.int64) if used else np.zeros(0, np.int64)
+
+
 class Gather:
     """Input bookkeeping of an affine node whose inputs arrive in chunks.
 
@@ -304,7 +312,9 @@ def _copies(n: Node) -> int:
     return AFFINE_OUTPUT_COPIES if isinstance(n, AffineNode) else OTHER_OUTPUT_COPIES
 
 
-def simulate_segment(plan: Plan, nodes: tuple[Node, ...], chunk: int) -> tuple[int, int]:
+def simulate_segment(
+    plan: Plan, nodes: tuple[Node, ...], chunk: int, *, input_row_bytes: int = 0
+) -> tuple[int, int]:
     """Replay a segment's flow on indices only: (head pieces, peak bytes held by the stream).
 
     The same rules as the runtime: the head and the polynomials work :func:`piece_size`
@@ -313,7 +323,9 @@ def simulate_segment(plan: Plan, nodes: tuple[Node, ...], chunk: int) -> tuple[i
     (allocated on first touch), and finishes its completed blocks ``chunk`` rows at a time.
     Counts the accumulators, the input buffers, and the working set of the piece or chunk being
     processed (its input and the transient copies of its output, as for an unstreamed node) —
-    the head's input and the sink's assembled output are counted by :func:`memory_profile`.
+    the head's input and the sink's assembled output are counted by :func:`memory_profile`,
+    except when ``input_row_bytes`` is given: the head's input then lies in a file and only the
+    rows between their first and last use are resident (the runtime releases the others).
     """
     gathers = [Gather(n.weights) if isinstance(n, AffineNode) else None for n in nodes]
     gathers[0] = None  # the head computes its rows directly from its materialized input
@@ -373,11 +385,26 @@ def simulate_segment(plan: Plan, nodes: tuple[Node, ...], chunk: int) -> tuple[i
                     out += deliver(k2)
             items = out
 
-    count = 0
-    for hc in head_chunks(nodes[0], piece_size(chunk)):
-        count += 1
+    pieces = list(head_chunks(nodes[0], piece_size(chunk)))
+    resident = np.zeros(len(pieces) + 1, dtype=np.int64)
+    if input_row_bytes:  # rows resident from their first to their last use
+        uses = [input_rows(nodes[0], hc) for hc in pieces]
+        nrows = max((int(u.max()) + 1 for u in uses if len(u)), default=0)
+        first = np.full(nrows, len(pieces), dtype=np.int64)
+        last = np.full(nrows, -1, dtype=np.int64)
+        for k, u in enumerate(uses):
+            first[u] = np.minimum(first[u], k)
+            last[u] = k
+        seen = last >= 0
+        np.add.at(resident, first[seen], 1)
+        np.add.at(resident, last[seen] + 1, -1)
+        resident = np.cumsum(resident) * input_row_bytes
+    for k, hc in enumerate(pieces):
+        held[0] = int(resident[k])
         note(len(hc.idx) * _copies(nodes[0]) * out_ct[0])
         push(1, [hc.idx])
+    held[0] = 0
+    count = len(pieces)
     for k in range(1, len(nodes)):
         if gathers[k] is None:
             continue
@@ -387,7 +414,10 @@ def simulate_segment(plan: Plan, nodes: tuple[Node, ...], chunk: int) -> tuple[i
 
 
 def memory_profile(
-    plan: Plan, segments: dict[str, SegmentSchedule] | None = None
+    plan: Plan,
+    segments: dict[str, SegmentSchedule] | None = None,
+    *,
+    input_on_disk: bool = False,
 ) -> tuple[int, dict[str, int]]:
     """Estimated peak bytes of ciphertext data while running ``plan``, and the estimate at each
     node (a segment's at its head).
@@ -395,9 +425,13 @@ def memory_profile(
     Follows the executor: a value stays alive until its last consumer has run (the input, which
     the caller owns, until then too); an unstreamed node holds its input and its output, with
     transient copies; a streamed segment (``segments``, keyed by head) holds the head's input,
-    the sink's assembled output and what :func:`simulate_segment` counted.
+    the sink's assembled output and what :func:`simulate_segment` counted. With
+    ``input_on_disk`` (ciphertexts mapped from a file) the input is resident only while an
+    unstreamed node reads it; a segment's simulation counts its window.
     """
     segments = segments or {}
+    source = next(n.name for n in plan.nodes if isinstance(n, InputNode))
+    source_bytes = output_bytes(plan, plan.node(source))
     in_segment = {name: s for s in segments.values() for name in s.nodes}
     users = _consumers(plan)
     remaining = {n.name: len(users[n.name]) for n in plan.nodes}
@@ -414,7 +448,11 @@ def memory_profile(
         else:
             out_bytes = output_bytes(plan, n)
             here = sum(live.values()) + _copies(n) * out_bytes
+            if input_on_disk and source in n.inputs:
+                here += source_bytes  # read whole: paged in
             out_name, inputs = n.name, n.inputs
+        if input_on_disk and n.name == source:
+            out_bytes = here = 0
         at[n.name] = here
         peak = max(peak, here)
         live[out_name] = out_bytes
@@ -426,12 +464,17 @@ def memory_profile(
 
 
 def plan_streaming(
-    plan: Plan, memory_budget: int | None = None, *, chunk: int | None = None
+    plan: Plan,
+    memory_budget: int | None = None,
+    *,
+    chunk: int | None = None,
+    input_on_disk: bool = False,
 ) -> StreamingSchedule:
     """Choose each segment's chunk: the largest (whole layer, then halving) whose estimated peak
     fits ``memory_budget`` (default :func:`default_memory_budget`), or ``chunk`` features when
-    given (tests). When nothing fits, the smallest chunk is kept: the schedule says it does not
-    fit, and the caller decides."""
+    given (tests). When nothing fits, the chunk with the smallest estimate is kept: the schedule
+    says it does not fit, and the caller decides. ``input_on_disk``: the input ciphertexts are
+    mapped from a file, and only the window a streamed head still needs is resident."""
     budget = default_memory_budget() if memory_budget is None else int(memory_budget)
     if budget <= 0:
         raise ParameterError(f"memory budget must be positive, got {budget} bytes")
@@ -441,6 +484,9 @@ def plan_streaming(
     for nodes in find_segments(plan):
         head = nodes[0]
         names = tuple(n.name for n in nodes)
+        src = plan.node(head.inputs[0])
+        row_bytes = output_bytes(plan, src) // src.features
+        window = row_bytes if input_on_disk and isinstance(src, InputNode) else 0
         if chunk is not None:
             sizes = [chunk]
         else:
@@ -449,10 +495,16 @@ def plan_streaming(
                 sizes.append(c)
                 c = -(-c // 2)
             sizes.append(min(MIN_CHUNK, head.features))
-        for size in sizes:
-            count, stream = simulate_segment(plan, nodes, size)
+        best: tuple[int, SegmentSchedule] | None = None
+        for size in sizes:  # the largest chunk that fits, else the smallest peak
+            count, stream = simulate_segment(plan, nodes, size, input_row_bytes=window)
             chosen[head.name] = SegmentSchedule(names, size, count, stream)
-            if memory_profile(plan, chosen)[1][head.name] <= budget:
+            here = memory_profile(plan, chosen, input_on_disk=input_on_disk)[1][head.name]
+            if best is None or here < best[0]:
+                best = (here, chosen[head.name])
+            if here <= budget:
                 break
-    peak, _ = memory_profile(plan, chosen)
+        else:
+            chosen[head.name] = best[1]
+    peak, _ = memory_profile(plan, chosen, input_on_disk=input_on_disk)
     return StreamingSchedule(budget, list(chosen.values()), peak)

@@ -27,7 +27,7 @@ from hecnn.compile.streaming import (
     plan_streaming,
 )
 from hecnn.errors import LevelError, ParameterError, ShapeError
-from hecnn.runtime.memory import peak_rss, reset_peak_rss
+from hecnn.runtime.memory import file_mapping, peak_rss, reset_peak_rss
 from hecnn.runtime.streaming import run_segment
 
 #: features evaluated together in a polynomial node (bounds the 3-component temporaries)
@@ -83,7 +83,8 @@ def run(
     chunks as large as ``memory_budget`` bytes allow (default: ``HECNN_MEMORY_GIB`` or a
     fraction of RAM; see :func:`hecnn.compile.streaming.plan_streaming`); ``chunk`` forces a
     chunk size; ``streaming=False`` materializes every node whole. The results are the same
-    bit for bit.
+    bit for bit. Inputs mapped from a file (``np.memmap``) stay there: a streamed first layer
+    pages in the rows it needs and releases them after their last use.
     """
     if inputs.params.fingerprint != plan.params.fingerprint:
         raise ParameterError("the ciphertexts were not made with the plan's parameters")
@@ -92,11 +93,12 @@ def run(
     feats = int(np.prod(plan.input_shape))
     if len(inputs) != feats:
         raise ShapeError(f"the plan expects {feats} input ciphertexts, got {len(inputs)}")
+    on_disk = file_mapping(inputs.data) is not None
     if streaming:
-        schedule = plan_streaming(plan, memory_budget, chunk=chunk)
+        schedule = plan_streaming(plan, memory_budget, chunk=chunk, input_on_disk=on_disk)
     else:
         budget = default_memory_budget() if memory_budget is None else memory_budget
-        schedule = StreamingSchedule(budget, [], memory_profile(plan)[0])
+        schedule = StreamingSchedule(budget, [], memory_profile(plan, input_on_disk=on_disk)[0])
     heads = {s.nodes[0]: s for s in schedule.segments}
     inner = {name for s in schedule.segments for name in s.nodes[1:]}
     if report is not None:
@@ -110,7 +112,7 @@ def run(
 
     def held(extra: int = 0) -> int:
         nonlocal peak_held
-        now = sum(v.data.nbytes for v in vals.values()) + extra
+        now = sum(v.data.nbytes for v in vals.values() if file_mapping(v.data) is None) + extra
         peak_held = max(peak_held, now)
         return now
 

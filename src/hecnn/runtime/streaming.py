@@ -26,8 +26,16 @@ from hecnn.ckks.context import CkksContext
 from hecnn.ckks.keys import EvaluationKeys
 from hecnn.ckks.linear import accumulate_products, encoding_exponent
 from hecnn.compile.ir import AffineNode, Node, Plan, PolyNode
-from hecnn.compile.streaming import Gather, SegmentSchedule, head_chunks, piece_size, row_pieces
+from hecnn.compile.streaming import (
+    Gather,
+    SegmentSchedule,
+    head_chunks,
+    input_rows,
+    piece_size,
+    row_pieces,
+)
 from hecnn.errors import ParameterError, ScaleError
+from hecnn.runtime.memory import file_mapping, release_rows
 
 Chunk = tuple[np.ndarray, CiphertextBatch]  # (global feature indices, their ciphertexts)
 
@@ -231,11 +239,19 @@ def run_segment(
         def compute(hc) -> CiphertextBatch:
             return poly(head, x[hc.idx], keys, head.coeffs[:, hc.idx])
 
-    total = seg.chunks
-    for k, hc in enumerate(head_chunks(head, piece_size(seg.chunk))):
+    pieces = list(head_chunks(head, piece_size(seg.chunk)))
+    last_use = None
+    if file_mapping(x.data) is not None:  # an input mapped from a file: keep only its window
+        last_use = np.full(len(x), -1, dtype=np.int64)
+        for k, hc in enumerate(pieces):
+            last_use[input_rows(head, hc)] = k
+    total = len(pieces)
+    for k, hc in enumerate(pieces):
         t0 = time.perf_counter()
         y = _relinearize_as_planned(head, compute(hc), keys)
         seconds[head.name] += time.perf_counter() - t0
+        if last_use is not None:
+            release_rows(x.data, np.flatnonzero(last_use == k))
         feed(1, [(hc.idx, y)])
         if on_chunk is not None:
             on_chunk(k + 1, total, sink.held + sum(s.held for s in stages[1:]))
