@@ -382,7 +382,7 @@ def run_models(
     console: Console | None = None,
 ) -> list[ModelRow]:
     """Measure the rows, print the table, per-row details and the summary line."""
-    console = console or Console()
+    console = console or Console(width=max(160, Console().width))  # logs: full table width
     names = models or (QUICK_ROWS if quick else ROWS)
     rows = []
     for name in names:

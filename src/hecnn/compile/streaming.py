@@ -3,22 +3,26 @@
 With slot = image packing a layer of F features is F ciphertexts; the CIFAR models' first
 convolutions have 32,768–65,536 outputs, tens of GB at N = 2^14–2^15. Such a layer is never
 needed whole: a *segment* is a chain head → n_2 → … → sink of affine and polynomial nodes in
-which every node but the sink feeds only the next one. The head's input is held in memory; the
-head's outputs are produced a chunk of features at a time and pushed down the chain:
+which every node but the sink feeds only the next one. The head's input is materialized (or
+mapped from a file); the head's outputs are computed a *piece* (≤ :data:`PIECE` features) at
+a time and pushed down the chain:
 
-- a polynomial node is elementwise: a chunk in, the same features out;
-- an affine node adds each chunk's partial product (the columns of its weights the chunk
-  holds) into accumulators for the rows those columns reach, all encoded with one Δ_w and one
-  exponent, so the partial sums share a scale and add exactly mod q. A row block whose columns
-  have all arrived is complete: it gets its bias, rescale and planned relinearization and
-  moves on. Convolutions therefore complete row band by row band behind the chunks, and only
-  the blocks in progress are ever held;
+- a polynomial node is elementwise: a piece in, the same features out;
+- an affine node buffers its inputs until it holds a *chunk* of features, then adds their
+  partial product (the columns of its weights they are) into accumulators for the row blocks
+  those columns reach, every chunk encoded with one Δ_w and one exponent, so the partial sums
+  share a scale and add exactly mod q. A row block whose columns have all arrived is complete:
+  it gets its bias, rescale and planned relinearization and moves on, a piece at a time.
+  Convolutions therefore complete row band by row band behind the head, and only the blocks
+  in progress are ever held;
 - the sink's outputs are assembled into the one materialized value of the segment.
 
 Every operation is the one the unstreamed executor does, on fewer ciphertexts, and modular sums
-are exact: the results are identical bit for bit. This module is pure index bookkeeping (no
-ciphertexts): the runtime executes it, and :func:`memory_profile` replays it to estimate the
-peak memory and to choose the largest chunk that fits a memory budget.
+are exact: the results are identical bit for bit. Memory falls with the chunk; time rises as it
+shrinks (each delivery to an affine node costs one modular reduction of every row block it
+reaches). This module is pure index bookkeeping (no ciphertexts): the runtime executes it, and
+:func:`simulate_segment` replays it to estimate the peak memory, so that :func:`plan_streaming`
+can choose the largest chunk that fits a memory budget.
 """
 
 from __future__ import annotations
@@ -186,7 +190,7 @@ def head_chunks(node: Node, chunk: int) -> Iterator[HeadChunk]:
         yield emit()
 
 
-def input_rows(node: Node, hc: HeadChunk) -> np.ndarray:
+def input_rows(hc: HeadChunk) -> np.ndarray:
     """The rows of the head's input that computing head chunk ``hc`` reads."""
     if hc.weights is None:
         return hc.idx
@@ -215,6 +219,7 @@ class Gather:
         order = np.argsort(cols, kind="stable")
         self._owner, self._pos = owner[order], pos[order]
         self._ptr = np.searchsorted(cols[order], np.arange(weights.in_features + 1))
+        self._seen = np.zeros(weights.in_features, dtype=bool)
         self._started = False
 
     def deliver(self, idx: np.ndarray) -> tuple[list[tuple[int, WeightBlock]], list[int]]:
@@ -226,6 +231,9 @@ class Gather:
         idx = np.asarray(idx, dtype=np.int64)
         if len(idx) and (idx.min() < 0 or idx.max() >= self.in_features):
             raise ParameterError(f"features outside [0, {self.in_features}) delivered")
+        if np.any(self._seen[idx]) or len(np.unique(idx)) != len(idx):
+            raise ParameterError("a feature was delivered twice to a streamed layer")
+        self._seen[idx] = True
         starts, ends = self._ptr[idx], self._ptr[idx + 1]
         counts = ends - starts
         total = int(counts.sum())
@@ -250,8 +258,6 @@ class Gather:
             sub = WeightBlock(np.arange(len(blk.out_idx)), chunk_pos[lo:hi], blk.weights[:, cols])
             parts.append((b, sub))
             self.remaining[b] -= hi - lo
-            if self.remaining[b] < 0:
-                raise ParameterError("a feature was delivered twice to a streamed layer")
             if self.remaining[b] == 0:
                 done.append(b)
         return parts, done
@@ -388,7 +394,7 @@ def simulate_segment(
     pieces = list(head_chunks(nodes[0], piece_size(chunk)))
     resident = np.zeros(len(pieces) + 1, dtype=np.int64)
     if input_row_bytes:  # rows resident from their first to their last use
-        uses = [input_rows(nodes[0], hc) for hc in pieces]
+        uses = [input_rows(hc) for hc in pieces]
         nrows = max((int(u.max()) + 1 for u in uses if len(u)), default=0)
         first = np.full(nrows, len(pieces), dtype=np.int64)
         last = np.full(nrows, -1, dtype=np.int64)

@@ -244,7 +244,7 @@ def run_segment(
     if file_mapping(x.data) is not None:  # an input mapped from a file: keep only its window
         last_use = np.full(len(x), -1, dtype=np.int64)
         for k, hc in enumerate(pieces):
-            last_use[input_rows(head, hc)] = k
+            last_use[input_rows(hc)] = k
     total = len(pieces)
     for k, hc in enumerate(pieces):
         t0 = time.perf_counter()
