@@ -2,8 +2,17 @@ import numpy as np
 import pytest
 import torch
 
+from hecnn.ckks.batch import CiphertextBatch
 from hecnn.ckks.encryption import decrypt, encrypt
-from hecnn.ckks.linear import BlockSparseWeights, digit_bits, digit_planes, weight_exponent
+from hecnn.ckks.linear import (
+    BlockSparseWeights,
+    WeightBlock,
+    accumulate_products,
+    digit_bits,
+    digit_planes,
+    encoding_exponent,
+    weight_exponent,
+)
 from hecnn.errors import ShapeError
 
 TOL = 2e-2
@@ -80,3 +89,26 @@ def test_linear_shape_errors(ctx, keys, rng):
         c.linear_combination(np.full((2, 4), np.nan))
     with pytest.raises(ShapeError):
         BlockSparseWeights.conv2d(np.ones((2, 3, 3, 3)), (2, 5, 5))
+
+
+def test_chunked_products_equal_the_whole_layer_bit_for_bit(ctx, keys, rng):
+    """Row pieces (with the whole matrix's exponent) and column pieces accumulated mod q give
+    exactly the residues of the unchunked product: what a streamed layer relies on."""
+    _sk, pk, _ = keys
+    c = encrypt(ctx, rng.uniform(-1, 1, (10, 16)), pk).square()  # 3 components
+    w = rng.normal(size=(6, 10)) * np.geomspace(1e-3, 10, 10)  # a wide range of magnitudes
+    bias = rng.normal(size=6)
+    dw = float(ctx.primes[c.level])
+    whole = c.linear_combination(w, bias=bias)
+    s = encoding_exponent(BlockSparseWeights.dense(w), dw)
+    top = c.linear_combination(w[:2], bias=bias[:2], exponent=s)
+    assert np.array_equal(top.data, whole.data[:2]) and top.scale == whole.scale
+    acc = np.zeros((6, *c.data.shape[1:]), dtype=np.int32)
+    for cols in (np.array([7, 0, 3]), np.arange(4, 7), np.array([1, 2, 8, 9])):
+        part = c[cols]  # the chunk holds only these inputs, in this order
+        blk = WeightBlock(np.arange(6), np.arange(len(cols)), w[:, cols])
+        accumulate_products(part, [(blk, acc)], weight_scale=dw, exponent=s)
+    summed = CiphertextBatch(ctx, acc, c.scale * dw).add_const(bias)
+    assert np.array_equal(summed.data, whole.data)
+    with pytest.raises(ShapeError, match="accumulator"):
+        accumulate_products(c, [(blk, acc[:, :2])], weight_scale=dw, exponent=s)

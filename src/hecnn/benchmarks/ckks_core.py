@@ -24,6 +24,7 @@ import numpy as np
 from rich.console import Console
 from rich.table import Table
 
+from hecnn.benchmarks.seal_ops import SealSession
 from hecnn.ckks.batch import CiphertextBatch
 from hecnn.ckks.context import CkksContext
 from hecnn.ckks.encryption import decrypt, encrypt
@@ -50,51 +51,6 @@ def _timed(fn, repeat: int = 1) -> float:
         fn()
         best = min(best, time.perf_counter() - t)
     return best
-
-
-class _Seal:
-    """SEAL objects on our primes, ciphertexts at our top level.
-
-    SEAL takes the last prime of its chain as its (single) special prime, so it gets our data
-    primes followed by our special primes; fresh SEAL ciphertexts are then switched down to our
-    top data level, so both libraries operate on ciphertexts modulo the very same primes.
-    """
-
-    def __init__(self, params: CkksParameters) -> None:
-        import seal
-
-        self.seal = seal
-        parms = seal.EncryptionParameters(seal.scheme_type.ckks)
-        parms.set_poly_modulus_degree(params.n)
-        parms.set_coeff_modulus([seal.Modulus(q) for q in params.moduli + params.special_moduli])
-        self.context = seal.SEALContext(parms, True, seal.sec_level_type.tc128)
-        kg = seal.KeyGenerator(self.context)
-        self.sk = kg.secret_key()
-        self.pk = kg.create_public_key()
-        self.rk = kg.create_relin_keys()
-        self.gk = seal.GaloisKeys()
-        kg.create_galois_keys([1], self.gk)  # seal-python takes rotation steps here
-        self.encoder = seal.CKKSEncoder(self.context)
-        self.encryptor = seal.Encryptor(self.context, self.pk)
-        self.decryptor = seal.Decryptor(self.context, self.sk)
-        self.evaluator = seal.Evaluator(self.context)
-        self.scale = params.scale
-        self.last_prime = float(params.moduli[-1])
-        self.extra_levels = len(params.special_moduli) - 1
-
-    def encrypt(self, values: np.ndarray):
-        ct = self.encryptor.encrypt(self.encoder.encode(values.tolist(), self.scale))
-        for _ in range(self.extra_levels):
-            self.evaluator.mod_switch_to_next_inplace(ct)
-        return ct
-
-    def scalar(self, value: float, ct):
-        pt = self.encoder.encode(value, self.last_prime)
-        self.evaluator.mod_switch_to_inplace(pt, ct.parms_id())
-        return pt
-
-    def decrypt(self, ct, count: int) -> np.ndarray:
-        return np.array(self.encoder.decode(self.decryptor.decrypt(ct)))[:count]
 
 
 def run(
@@ -167,7 +123,7 @@ def run(
     )
     seal_note = ""
     try:
-        s = _Seal(params)
+        s = SealSession(params)
     except ImportError:
         s = None
         seal_note = "seal-python not installed (pip install 'hecnn[bench]'): SEAL columns skipped"

@@ -359,8 +359,9 @@ def gather_centered(x, rows, comp, limb, q, out):
 
 
 @nb.njit(nogil=True, cache=True)
-def reduce_digit_products(z, radix, s_mul, s_shoup, q, out, comp, limb, out_rows):
-    """out[out_rows[o], comp, limb, :] = (Σ_t z[t, o, :]·radix^t)·2^s mod q.
+def reduce_digit_products(z, radix, s_mul, s_shoup, q, out, comp, limb, out_rows, accumulate):
+    """out[out_rows[o], comp, limb, :] = (Σ_t z[t, o, :]·radix^t)·2^s mod q (``accumulate``:
+    added to what the row holds, mod q — partial products of one layer summed chunk by chunk).
 
     z[t] are exact fp64 GEMM results of weight digit-plane t, |z| < 2^52. Horner's rule from the
     top plane stays exact in doubles: with r < q < 2^31 the partial result and radix = 2^b
@@ -389,7 +390,11 @@ def reduce_digit_products(z, radix, s_mul, s_shoup, q, out, comp, limb, out_rows
         for j in range(n):
             y = np.uint64(np.uint32(np.int32(r[j])))
             m = np.uint32(y * w - ((y * wp) >> _U32) * q64)
-            row[j] = np.int32(min(m, np.uint32(m - q32)))
+            m = min(m, np.uint32(m - q32))
+            if accumulate:
+                a = np.uint32(row[j]) + m
+                m = min(a, np.uint32(a - q32))
+            row[j] = np.int32(m)
 
 
 @nb.njit(nogil=True, cache=True)

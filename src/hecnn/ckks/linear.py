@@ -23,6 +23,7 @@ the kernel taps that touch the image, so no dense im2col matrix is ever built.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -173,6 +174,21 @@ def digit_planes(w_scaled: np.ndarray, b: int, s: int, max_digits: int) -> np.nd
     return planes
 
 
+def encoding_exponent(weights: BlockSparseWeights, weight_scale: float, max_digits: int = 2) -> int:
+    """The exponent s of the block floating point encoding W̃ = round(W·Δ_w/2^s)·2^s.
+
+    It depends on the whole matrix (its largest weight and its largest block). Products of row or
+    column subsets of one layer — the chunks of a streamed layer — must all use the exponent of
+    the whole matrix, so that they encode the very same integers and their sums mod q equal the
+    unchunked product bit for bit.
+    """
+    maxk = max((len(b.in_idx) for b in weights.blocks), default=1)
+    maxabs = max(
+        (float(np.max(np.abs(b.weights))) for b in weights.blocks if b.weights.size), default=0
+    )
+    return weight_exponent(maxabs * float(weight_scale), digit_bits(maxk), max_digits)
+
+
 def linear_combination(
     batch: CiphertextBatch,
     weights: np.ndarray | BlockSparseWeights,
@@ -180,18 +196,74 @@ def linear_combination(
     bias: np.ndarray | None = None,
     weight_scale: float | None = None,
     max_digits: int = 2,
+    exponent: int | None = None,
 ) -> CiphertextBatch:
     """W @ batch mod each prime: (O × K) weights on K ciphertexts → O ciphertexts.
 
     The result has scale ``batch.scale · Δ_w`` (Δ_w = ``weight_scale`` or the last prime q_ℓ);
-    ``bias`` (O,) is added at that scale. Works for any component count (2 or 3).
+    ``bias`` (O,) is added at that scale. Works for any component count. ``exponent``: the
+    encoding exponent s of a larger matrix this one is a piece of (see
+    :func:`encoding_exponent`); by default this matrix's own.
+    """
+    if isinstance(batch, CiphertextBatch) and type(batch) is not CiphertextBatch:
+        if exponent is not None:
+            raise ParameterError("a shared encoding exponent needs the numpy backend")
+        return batch.linear_combination(  # another array backend (torch) has its own
+            weights, bias=bias, weight_scale=weight_scale, max_digits=max_digits
+        )
+    sw = _check_weights(batch, weights)
+    delta_w = float(batch.ctx.primes[batch.level]) if weight_scale is None else float(weight_scale)
+    if exponent is None:
+        exponent = encoding_exponent(sw, delta_w, max_digits)
+    comps, limbs, n = batch.data.shape[1:]
+    out = np.zeros((sw.out_features, comps, limbs, n), dtype=np.int32)
+    _products(batch, [(blk, out) for blk in sw.blocks], delta_w, exponent, max_digits, False)
+    result = CiphertextBatch(batch.ctx, out, batch.scale * delta_w)
+    if bias is not None:
+        bvec = np.asarray(bias, dtype=np.float64)
+        if bvec.shape != (sw.out_features,):
+            raise ShapeError(f"bias must have shape ({sw.out_features},), got {bvec.shape}")
+        result = result.add_const(bvec)
+    return result
+
+
+def accumulate_products(
+    batch: CiphertextBatch,
+    targets: Sequence[tuple[WeightBlock, np.ndarray]],
+    *,
+    weight_scale: float,
+    exponent: int,
+    max_digits: int = 2,
+) -> None:
+    """acc[blk.out_idx] += W̃_blk @ batch[blk.in_idx] mod q, in place, for each (blk, acc).
+
+    ``acc`` is an int32 residue array (rows, comps, limbs, N) with the batch's components and
+    limbs. A layer whose inputs arrive in chunks adds each chunk's partial product to its
+    accumulators; with one Δ_w and one ``exponent`` for every chunk the partial sums share a
+    scale (``batch.scale · weight_scale``) and add exactly mod q.
     """
     if not isinstance(batch, CiphertextBatch):
         raise ParameterError(f"expected a CiphertextBatch, got {type(batch).__name__}")
-    if type(batch) is not CiphertextBatch:  # another array backend (torch) has its own
-        return batch.linear_combination(
-            weights, bias=bias, weight_scale=weight_scale, max_digits=max_digits
-        )
+    shape = batch.data.shape[1:]
+    for blk, acc in targets:
+        if acc.dtype != np.int32 or acc.shape[1:] != shape or not acc.flags.c_contiguous:
+            raise ShapeError(
+                f"accumulator {acc.dtype}{acc.shape} does not hold ciphertexts of shape {shape}"
+            )
+        if len(blk.in_idx) and (blk.in_idx.max() >= len(batch) or blk.in_idx.min() < 0):
+            raise ShapeError(f"weight block reads inputs beyond the {len(batch)} of the batch")
+        if len(blk.out_idx) and (blk.out_idx.max() >= len(acc) or blk.out_idx.min() < 0):
+            raise ShapeError(f"weight block writes rows beyond the {len(acc)} of its accumulator")
+        if not np.all(np.isfinite(blk.weights)):
+            raise ShapeError("weights must be finite")
+    _products(batch, list(targets), float(weight_scale), exponent, max_digits, True)
+
+
+def _check_weights(
+    batch: CiphertextBatch, weights: np.ndarray | BlockSparseWeights
+) -> BlockSparseWeights:
+    if not isinstance(batch, CiphertextBatch):
+        raise ParameterError(f"expected a CiphertextBatch, got {type(batch).__name__}")
     sw = BlockSparseWeights.dense(weights) if isinstance(weights, np.ndarray) else weights
     if not isinstance(sw, BlockSparseWeights):
         raise ParameterError(f"weights must be an array or BlockSparseWeights, got {type(weights)}")
@@ -200,20 +272,29 @@ def linear_combination(
     for blk in sw.blocks:
         if not np.all(np.isfinite(blk.weights)):
             raise ShapeError("weights must be finite")
+    return sw
+
+
+def _products(
+    batch: CiphertextBatch,
+    targets: list[tuple[WeightBlock, np.ndarray]],
+    delta_w: float,
+    s: int,
+    max_digits: int,
+    accumulate: bool,
+) -> None:
+    """Write (or add, ``accumulate``) W̃_blk @ X into acc[blk.out_idx] for each (blk, acc).
+
+    The digit size b is this call's own (the largest block here); the integers
+    round(w·Δ_w/2^s)·2^s do not depend on it, only on s.
+    """
     ctx = batch.ctx
-    lvl = batch.level
-    delta_w = float(ctx.primes[lvl]) if weight_scale is None else float(weight_scale)
     x = batch.data
     comps, limbs, n = x.shape[1:]
-    out = np.zeros((sw.out_features, comps, limbs, n), dtype=np.int32)
-    maxk = max((len(b.in_idx) for b in sw.blocks), default=1)
+    maxk = max((len(blk.in_idx) for blk, _ in targets), default=1)
     b = digit_bits(maxk)
-    maxabs = max(
-        (float(np.max(np.abs(blk.weights))) for blk in sw.blocks if blk.weights.size), default=0
-    )
-    s = weight_exponent(maxabs * delta_w, b, max_digits)
     encoded = []
-    for blk in sw.blocks:
+    for blk, acc in targets:
         if len(blk.in_idx) == 0:
             continue
         planes = digit_planes(blk.weights * delta_w, b, s, max_digits)
@@ -224,9 +305,12 @@ def linear_combination(
                 np.ascontiguousarray(blk.in_idx, dtype=np.int64),
                 np.ascontiguousarray(blk.out_idx, dtype=np.int64),
                 nplanes,
+                acc,
             )
         )
-    maxout = max((e[0].shape[0] for e in encoded), default=1)
+    if not encoded:
+        return
+    maxout = max(e[0].shape[0] for e in encoded)
     radix = float(2**b)
     s_factors = [pow(2, s, int(q)) for q in ctx.primes[:limbs]]  # block-floating-point 2^s
     s_shoup = [(f << 32) // int(q) for f, q in zip(s_factors, ctx.primes[:limbs], strict=True)]
@@ -238,7 +322,7 @@ def linear_combination(
         zbuf = np.empty((maxout, n), dtype=np.float64)
         for li, c in jobs[lo:hi]:
             q = int(ctx.primes[li])
-            for stacked, rows, out_rows, nplanes in encoded:
+            for stacked, rows, out_rows, nplanes, acc in encoded:
                 xb = xbuf[: len(rows)]
                 z = zbuf[: stacked.shape[0]]
                 kernels.gather_centered(x, rows, c, li, np.int64(q), xb)
@@ -249,18 +333,12 @@ def linear_combination(
                     np.int64(s_factors[li]),
                     np.int64(s_shoup[li]),
                     np.int64(q),
-                    out,
+                    acc,
                     c,
                     li,
                     out_rows,
+                    accumulate,
                 )
 
     with threadpool_limits(1, user_api="blas"):
         ctx.parallel(len(jobs), work)
-    result = CiphertextBatch(ctx, out, batch.scale * delta_w)
-    if bias is not None:
-        bvec = np.asarray(bias, dtype=np.float64)
-        if bvec.shape != (sw.out_features,):
-            raise ShapeError(f"bias must have shape ({sw.out_features},), got {bvec.shape}")
-        result = result.add_const(bvec)
-    return result

@@ -72,3 +72,33 @@ def bench_gpu(
         time_limit_s=time_limit,
     )
     raise typer.Exit(1 if failures else 0)
+
+
+@bench_app.command("models")
+def bench_models(
+    models: str = typer.Option(
+        "",
+        help="Comma-separated rows (default: ishiyama_mnist, cryptonets_mnist, "
+        "ishiyama_cifar, hemet_squeezenet; with --quick the two MNIST models).",
+    ),
+    quick: bool = typer.Option(False, "--quick", help="MNIST rows only, fewer SEAL repetitions."),
+    time_limit: float = typer.Option(1500.0, help="Stop a run after this many seconds."),
+    memory_gib: float = typer.Option(
+        0.0, help="Memory budget in GiB (default: HECNN_MEMORY_GIB or 60 % of RAM)."
+    ),
+    weights: str = typer.Option(
+        "", help="Trained weights directory (default: benchmarks/weights)."
+    ),
+) -> None:
+    """Per model at full batch: N, levels, time, ms/image, peak memory, agreement, SEAL estimate."""
+    from pathlib import Path
+
+    from hecnn.benchmarks.models import run_models
+
+    run_models(
+        tuple(m.strip() for m in models.split(",") if m.strip()) or None,
+        quick=quick,
+        time_limit=time_limit,
+        memory_budget=int(memory_gib * 2**30) if memory_gib > 0 else None,
+        weights_dir=Path(weights) if weights else None,
+    )

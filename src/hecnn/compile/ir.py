@@ -151,16 +151,19 @@ class Plan:
             out[n.name] = count
         return out
 
-    def memory_estimate(self) -> int:
-        """Peak bytes of ciphertext data (largest live pair of layers, 3 components), int32."""
-        n = self.params.n
-        peak = 0
-        for nd in self.nodes:
-            limbs = max(nd.level_in, 0) + 1
-            ins = sum(self.node(i).features for i in nd.inputs) if nd.inputs else nd.features
-            live = (ins + nd.features) * max(3, nd.components) * limbs * n * 4
-            peak = max(peak, live)
-        return peak
+    def memory_estimate(self, memory_budget: int | None = None, *, streaming: bool = True) -> int:
+        """Estimated peak bytes of ciphertext data while the executor runs this plan.
+
+        With ``streaming`` the wide chains run chunk by chunk with the largest chunks that fit
+        ``memory_budget`` (default: ``HECNN_MEMORY_GIB`` or a fraction of RAM), and a streamed
+        layer counts the accumulators of the row blocks in progress and one chunk's working
+        set, not the whole layer (see :mod:`hecnn.compile.streaming`).
+        """
+        from hecnn.compile.streaming import memory_profile, plan_streaming
+
+        if not streaming:
+            return memory_profile(self)[0]
+        return plan_streaming(self, memory_budget).peak
 
     def summary(self) -> str:
         """Per node: kind, ciphertexts, MACs, relinearizations, levels; totals and parameters."""
@@ -197,10 +200,22 @@ class Plan:
             f"totals: {total_macs:,} ciphertext MACs, {sum(relins.values()):,} relinearizations, "
             f"depth {self.levels}",
             f"CKKS: {p.describe()}",
-            f"memory estimate: {self.memory_estimate() / 2**30:.2f} GiB of ciphertexts at peak",
+            self._memory_line(),
         ]
         lines += [f"warning: {w}" for w in self.warnings]
         return "\n".join(lines)
+
+    def _memory_line(self) -> str:
+        from hecnn.compile.streaming import memory_profile, plan_streaming
+
+        sched = plan_streaming(self)
+        whole = memory_profile(self)[0] / 2**30
+        chunks = ", ".join(f"{s.nodes[0]}…{s.nodes[-1]} by {s.chunk}" for s in sched.segments)
+        fits = "" if sched.fits else f" (over the {sched.budget / 2**30:.1f} GiB budget)"
+        return (
+            f"memory estimate: {sched.peak / 2**30:.2f} GiB of ciphertexts at peak streamed "
+            f"({chunks or 'nothing to stream'}){fits}, {whole:.2f} GiB unstreamed"
+        )
 
     def __repr__(self) -> str:
         return (

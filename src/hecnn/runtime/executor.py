@@ -16,10 +16,19 @@ import numpy as np
 
 from hecnn.ckks.batch import CiphertextBatch
 from hecnn.ckks.keys import EvaluationKeys
+from hecnn.ckks.linear import BlockSparseWeights
 from hecnn.compile.ir import AddNode, AffineNode, ConcatNode, InputNode, MulNode, Plan, PolyNode
 from hecnn.compile.levels import TAIL_WEIGHT_BITS
 from hecnn.compile.polyeval import feeding_powers, power_factors, schedule
+from hecnn.compile.streaming import (
+    StreamingSchedule,
+    default_memory_budget,
+    memory_profile,
+    plan_streaming,
+)
 from hecnn.errors import LevelError, ParameterError, ShapeError
+from hecnn.runtime.memory import file_mapping, peak_rss, reset_peak_rss
+from hecnn.runtime.streaming import run_segment
 
 #: features evaluated together in a polynomial node (bounds the 3-component temporaries)
 POLY_CHUNK = 256
@@ -34,7 +43,20 @@ class NodeTiming:
 
 @dataclass
 class RunReport:
+    """What a run measured: time per node, the streaming schedule, and memory.
+
+    ``peak_rss`` is the process's resident-set high-water mark during the run (the run resets
+    it at its start where Linux allows, else it is the process's lifetime peak:
+    ``rss_since_start`` says which); ``peak_held`` the most bytes of ciphertext arrays the
+    executor held at once (live values, accumulators, the assembled output) at the points it
+    checked — transient temporaries come on top.
+    """
+
     timings: list[NodeTiming] = field(default_factory=list)
+    schedule: StreamingSchedule | None = None
+    peak_rss: int = 0
+    rss_since_start: bool = False
+    peak_held: int = 0
 
     @property
     def total(self) -> float:
@@ -51,8 +73,19 @@ def run(
     *,
     progress: ProgressFn | None = None,
     report: RunReport | None = None,
+    memory_budget: int | None = None,
+    chunk: int | None = None,
+    streaming: bool = True,
 ) -> CiphertextBatch:
-    """Evaluate ``plan`` on encrypted features; returns the encrypted outputs (one per class)."""
+    """Evaluate ``plan`` on encrypted features; returns the encrypted outputs (one per class).
+
+    Chains of affine and polynomial layers run as streamed segments, chunk by chunk, with
+    chunks as large as ``memory_budget`` bytes allow (default: ``HECNN_MEMORY_GIB`` or a
+    fraction of RAM; see :func:`hecnn.compile.streaming.plan_streaming`); ``chunk`` forces a
+    chunk size; ``streaming=False`` materializes every node whole. The results are the same
+    bit for bit. Inputs mapped from a file (``np.memmap``) stay there: a streamed first layer
+    pages in the rows it needs and releases them after their last use.
+    """
     if inputs.params.fingerprint != plan.params.fingerprint:
         raise ParameterError("the ciphertexts were not made with the plan's parameters")
     if keys.params.fingerprint != plan.params.fingerprint:
@@ -60,35 +93,90 @@ def run(
     feats = int(np.prod(plan.input_shape))
     if len(inputs) != feats:
         raise ShapeError(f"the plan expects {feats} input ciphertexts, got {len(inputs)}")
+    on_disk = file_mapping(inputs.data) is not None
+    if type(inputs) is not CiphertextBatch:
+        streaming = False  # another array backend (torch) chunks its work to device memory itself
+    if streaming:
+        schedule = plan_streaming(plan, memory_budget, chunk=chunk, input_on_disk=on_disk)
+    else:
+        budget = default_memory_budget() if memory_budget is None else memory_budget
+        schedule = StreamingSchedule(budget, [], memory_profile(plan, input_on_disk=on_disk)[0])
+    heads = {s.nodes[0]: s for s in schedule.segments}
+    inner = {name for s in schedule.segments for name in s.nodes[1:]}
+    if report is not None:
+        report.schedule = schedule
+        report.rss_since_start = reset_peak_rss()
     vals: dict[str, CiphertextBatch] = {}
     remaining = {n.name: sum(n.name in m.inputs for m in plan.nodes) for n in plan.nodes}
+    seconds: dict[str, float] = {}
+    counts = {n.name: n.features for n in plan.nodes}
+    peak_held = 0
+
+    def held(extra: int = 0) -> int:
+        nonlocal peak_held
+        now = sum(v.data.nbytes for v in vals.values() if file_mapping(v.data) is None) + extra
+        peak_held = max(peak_held, now)
+        return now
+
     for i, n in enumerate(plan.nodes):
+        if n.name in inner:
+            continue
         if progress:
             progress(n.name, i, len(plan.nodes))
+        seg = heads.get(n.name)
         t0 = time.perf_counter()
-        if isinstance(n, InputNode):
-            out = inputs
-        elif isinstance(n, AffineNode):
-            out = _affine(n, vals[n.inputs[0]], keys)
-        elif isinstance(n, PolyNode):
-            out = _poly(n, vals[n.inputs[0]], keys)
-        elif isinstance(n, AddNode):
-            out = _add(vals[n.inputs[0]], vals[n.inputs[1]])
-        elif isinstance(n, MulNode):
-            out = _mul(n, vals[n.inputs[0]], vals[n.inputs[1]], keys)
-        elif isinstance(n, ConcatNode):
-            out = CiphertextBatch.stack([vals[x] for x in n.inputs])  # pads components
-        else:  # pragma: no cover
-            raise ParameterError(f"unknown node type {type(n).__name__}")
-        if n.relin_after and out.components > 2:
-            out = out.relinearize(keys)
-        vals[n.name] = out
-        if report is not None:
-            report.timings.append(NodeTiming(n.name, time.perf_counter() - t0, len(out)))
+        if seg is not None:
+
+            def on_chunk(k: int, total: int, stream_bytes: int, i: int = i, seg=seg) -> None:
+                held(stream_bytes)
+                if progress:
+                    progress(
+                        f"{seg.nodes[0]}…{seg.nodes[-1]} chunk {k}/{total}", i, len(plan.nodes)
+                    )
+
+            out = run_segment(
+                plan,
+                seg,
+                vals[n.inputs[0]],
+                keys,
+                affine=_affine,
+                poly=_poly,
+                weight_scale=_weight_scale,
+                seconds=seconds,
+                on_chunk=on_chunk,
+            )
+            name = seg.nodes[-1]
+        else:
+            if isinstance(n, InputNode):
+                out = inputs
+            elif isinstance(n, AffineNode):
+                out = _affine(n, vals[n.inputs[0]], keys)
+            elif isinstance(n, PolyNode):
+                out = _poly(n, vals[n.inputs[0]], keys)
+            elif isinstance(n, AddNode):
+                out = _add(vals[n.inputs[0]], vals[n.inputs[1]])
+            elif isinstance(n, MulNode):
+                out = _mul(n, vals[n.inputs[0]], vals[n.inputs[1]], keys)
+            elif isinstance(n, ConcatNode):
+                out = CiphertextBatch.stack([vals[x] for x in n.inputs])  # pads components
+            else:  # pragma: no cover
+                raise ParameterError(f"unknown node type {type(n).__name__}")
+            if n.relin_after and out.components > 2:
+                out = out.relinearize(keys)
+            seconds[n.name] = time.perf_counter() - t0
+            name = n.name
+        vals[name] = out
+        held()
         for x in n.inputs:  # free what no later node needs: bounded memory
             remaining[x] -= 1
             if remaining[x] == 0 and x != plan.output:
                 vals.pop(x, None)
+    if report is not None:
+        report.timings.extend(
+            NodeTiming(n.name, seconds[n.name], counts[n.name]) for n in plan.nodes
+        )
+        report.peak_rss = peak_rss()
+        report.peak_held = peak_held
     if progress:
         progress("done", len(plan.nodes), len(plan.nodes))
     return vals[plan.output]
@@ -98,14 +186,31 @@ def _two(x: CiphertextBatch, keys: EvaluationKeys) -> CiphertextBatch:
     return x.relinearize(keys) if x.components > 2 else x
 
 
-def _affine(n: AffineNode, x: CiphertextBatch, keys: EvaluationKeys) -> CiphertextBatch:
+def _weight_scale(n: AffineNode, x: CiphertextBatch) -> float:
+    """Δ_w of an affine node on inputs like ``x``: Δ·q_ℓ/scale(x), so that the rescale by q_ℓ
+    lands on Δ; in the rescale-free tail a fixed 2^TAIL_WEIGHT_BITS."""
     if not n.rescale:  # rescale-free tail: the product keeps its scale
-        return x.linear_combination(n.weights, bias=n.bias, weight_scale=2.0**TAIL_WEIGHT_BITS)
+        return 2.0**TAIL_WEIGHT_BITS
     if x.level < 1 or x.level <= x.params.min_level:
         raise LevelError(f"{n.name}: no level left for an affine layer")
-    q = float(x.ctx.primes[x.level])
-    y = x.linear_combination(n.weights, bias=n.bias, weight_scale=x.params.scale * q / x.scale)
-    return y.rescale()
+    return x.params.scale * float(x.ctx.primes[x.level]) / x.scale
+
+
+def _affine(
+    n: AffineNode,
+    x: CiphertextBatch,
+    keys: EvaluationKeys,
+    weights: BlockSparseWeights | None = None,
+    bias: np.ndarray | None = None,
+    exponent: int | None = None,
+) -> CiphertextBatch:
+    """n's weights (or ``weights``, some of its rows, with ``bias`` and the whole matrix's
+    encoding ``exponent``) applied to x, then rescaled (not in the rescale-free tail)."""
+    if weights is None:
+        weights, bias = n.weights, n.bias
+    extra = {} if exponent is None else {"exponent": exponent}  # streamed pieces share it
+    y = x.linear_combination(weights, bias=bias, weight_scale=_weight_scale(n, x), **extra)
+    return y.rescale() if n.rescale else y
 
 
 def _mul_to_scale(
@@ -122,15 +227,24 @@ def _mul_to_scale(
     return x.mul_scalar(coeff, scale=want * q / x.scale).rescale()
 
 
-def _poly(n: PolyNode, x: CiphertextBatch, keys: EvaluationKeys) -> CiphertextBatch:
+def _poly(
+    n: PolyNode, x: CiphertextBatch, keys: EvaluationKeys, coeffs: np.ndarray | None = None
+) -> CiphertextBatch:
+    """n's polynomial on every ciphertext of x (``coeffs``: the columns of n's coefficients for
+    x's features, when x holds only some of them), :data:`POLY_CHUNK` at a time, written into
+    one output array."""
+    coeffs = n.coeffs if coeffs is None else coeffs
     evaluate = _poly_chunk if n.rescale else _poly_tail
     if len(x) <= POLY_CHUNK:
-        return evaluate(n, x, n.coeffs, keys)
-    parts = [
-        evaluate(n, x[s : s + POLY_CHUNK], n.coeffs[:, s : s + POLY_CHUNK], keys)
-        for s in range(0, len(x), POLY_CHUNK)
-    ]
-    return CiphertextBatch.stack(parts)
+        return evaluate(n, x, coeffs, keys)
+    out, first = None, None
+    for s in range(0, len(x), POLY_CHUNK):
+        y = evaluate(n, x[s : s + POLY_CHUNK], coeffs[:, s : s + POLY_CHUNK], keys)
+        if out is None:
+            first = y
+            out = np.empty((len(x), *y.data.shape[1:]), dtype=np.int32)
+        out[s : s + len(y)] = y.data
+    return CiphertextBatch(x.ctx, out, first.scale)
 
 
 def _poly_tail(

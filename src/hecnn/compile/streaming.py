@@ -1,0 +1,516 @@
+"""Streaming schedule: which layers run chunk by chunk, in which chunks, and the memory it takes.
+
+With slot = image packing a layer of F features is F ciphertexts; the CIFAR models' first
+convolutions have 32,768–65,536 outputs, tens of GB at N = 2^14–2^15. Such a layer is never
+needed whole: a *segment* is a chain head → n_2 → … → sink of affine and polynomial nodes in
+which every node but the sink feeds only the next one. The head's input is materialized (or
+mapped from a file); the head's outputs are computed a *piece* (≤ :data:`PIECE` features) at
+a time and pushed down the chain:
+
+- a polynomial node is elementwise: a piece in, the same features out;
+- an affine node buffers its inputs until it holds a *chunk* of features, then adds their
+  partial product (the columns of its weights they are) into accumulators for the row blocks
+  those columns reach, every chunk encoded with one Δ_w and one exponent, so the partial sums
+  share a scale and add exactly mod q. A row block whose columns have all arrived is complete:
+  it gets its bias, rescale and planned relinearization and moves on, a piece at a time.
+  Convolutions therefore complete row band by row band behind the head, and only the blocks
+  in progress are ever held;
+- the sink's outputs are assembled into the one materialized value of the segment.
+
+Every operation is the one the unstreamed executor does, on fewer ciphertexts, and modular sums
+are exact: the results are identical bit for bit. Memory falls with the chunk; time rises as it
+shrinks (each delivery to an affine node costs one modular reduction of every row block it
+reaches). This module is pure index bookkeeping (no ciphertexts): the runtime executes it, and
+:func:`simulate_segment` replays it to estimate the peak memory, so that :func:`plan_streaming`
+can choose the largest chunk that fits a memory budget.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from hecnn.ckks.linear import BlockSparseWeights, WeightBlock
+from hecnn.compile.ir import AffineNode, InputNode, Node, Plan, PolyNode
+from hecnn.errors import ParameterError
+
+#: bytes of one residue
+RESIDUE_BYTES = 4
+#: fraction of physical memory the default budget allows (the rest: the OS, other processes,
+#: evaluation keys, weights, and the temporaries this model does not count)
+DEFAULT_MEMORY_FRACTION = 0.6
+#: transient copies of a node's output while it is computed (affine: the product, its copy
+#: with the bias, the rescaled result; polynomial and others: the parts and the whole) — for
+#: the whole output of an unstreamed node, for one chunk's in a stream
+AFFINE_OUTPUT_COPIES = 3
+OTHER_OUTPUT_COPIES = 2
+#: smallest chunk tried when shrinking chunks to fit a budget
+MIN_CHUNK = 32
+#: features the head and the polynomials of a segment compute at once (bounds their
+#: temporaries); the chunk — what a streamed affine node receives at once — may be larger:
+#: each delivery to an affine node costs one modular reduction of every row block it reaches,
+#: so fewer, larger deliveries are cheaper
+PIECE = 256
+
+
+def piece_size(chunk: int) -> int:
+    """Features the head and the polynomials process at once for a given chunk."""
+    return max(1, min(chunk, PIECE))
+
+
+def row_pieces(blocks: list[tuple[int, int]], piece: int) -> Iterator[list[tuple[int, int, int]]]:
+    """Group the rows of (block, rows) pairs, in order, into pieces of at most ``piece`` rows:
+    lists of (block, lo, hi); a block larger than a piece is split."""
+    group: list[tuple[int, int, int]] = []
+    rows = 0
+    for b, n in blocks:
+        lo = 0
+        while lo < n:
+            take = min(n - lo, piece - rows)
+            group.append((b, lo, lo + take))
+            rows += take
+            lo += take
+            if rows == piece:
+                yield group
+                group, rows = [], 0
+    if group:
+        yield group
+
+
+def default_memory_budget() -> int:
+    """Bytes the executor may hold: ``HECNN_MEMORY_GIB`` (GiB), else a fraction of physical RAM."""
+    env = os.environ.get("HECNN_MEMORY_GIB")
+    if env:
+        try:
+            gib = float(env)
+        except ValueError:
+            raise ParameterError(f"HECNN_MEMORY_GIB must be a number of GiB, got {env!r}") from None
+        if not gib > 0:
+            raise ParameterError(f"HECNN_MEMORY_GIB must be positive, got {env!r}")
+        return int(gib * 2**30)
+    total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    return int(total * DEFAULT_MEMORY_FRACTION)
+
+
+# -- segments -----------------------------------------------------------------------------------
+
+
+def _consumers(plan: Plan) -> dict[str, list[Node]]:
+    out: dict[str, list[Node]] = {n.name: [] for n in plan.nodes}
+    for n in plan.nodes:
+        for i in n.inputs:
+            out[i].append(n)
+    return out
+
+
+def find_segments(plan: Plan) -> list[tuple[Node, ...]]:
+    """Maximal chains head → … → sink (≥ 2 nodes) of affine/polynomial nodes in which every node
+    but the sink has the next one as its only consumer (and is not the plan's output)."""
+    users = _consumers(plan)
+
+    def link(n: Node) -> Node | None:
+        if not isinstance(n, AffineNode | PolyNode) or n.name == plan.output:
+            return None
+        cons = users[n.name]
+        if len(cons) == 1 and isinstance(cons[0], AffineNode | PolyNode):
+            return cons[0]
+        return None
+
+    linked = {c.name for n in plan.nodes if (c := link(n)) is not None}
+    segments = []
+    for n in plan.nodes:
+        if n.name in linked or link(n) is None:
+            continue  # not a head: fed by a chain, or feeding none
+        chain = [n]
+        while (nxt := link(chain[-1])) is not None:
+            chain.append(nxt)
+        segments.append(tuple(chain))
+    return segments
+
+
+def covering_blocks(weights: BlockSparseWeights) -> list[WeightBlock]:
+    """The weight blocks, plus one empty block for rows no block covers (bias-only rows), so
+    that every output row belongs to exactly one block."""
+    blocks = list(weights.blocks)
+    covered = np.zeros(weights.out_features, dtype=bool)
+    for b in blocks:
+        covered[b.out_idx] = True
+    rest = np.flatnonzero(~covered)
+    if len(rest):
+        blocks.append(WeightBlock(rest, np.zeros(0, dtype=np.int64), np.zeros((len(rest), 0))))
+    return blocks
+
+
+@dataclass(frozen=True)
+class HeadChunk:
+    """Head output features ``idx`` (global indices, in order) and, for an affine head, the
+    weights that compute them (rows renumbered 0..len(idx)−1)."""
+
+    idx: np.ndarray
+    weights: BlockSparseWeights | None = None
+
+
+def head_chunks(node: Node, chunk: int) -> Iterator[HeadChunk]:
+    """The head's outputs in chunks of at most ``chunk`` features, in the order of its weight
+    blocks (for a convolution: output positions in raster order, all channels together), so
+    that the consumers' row blocks complete band by band."""
+    if chunk < 1:
+        raise ParameterError(f"chunk size must be ≥ 1, got {chunk}")
+    if isinstance(node, PolyNode):
+        for lo in range(0, node.features, chunk):
+            yield HeadChunk(np.arange(lo, min(lo + chunk, node.features)))
+        return
+    if not isinstance(node, AffineNode):
+        raise ParameterError(f"a segment head is affine or polynomial, not {type(node).__name__}")
+    w = node.weights
+    pieces: list[tuple[WeightBlock, int, int]] = []
+    rows = 0
+
+    def emit() -> HeadChunk:
+        out_idx, blocks, at = [], [], 0
+        for blk, lo, hi in pieces:
+            out_idx.append(blk.out_idx[lo:hi])
+            blocks.append(WeightBlock(np.arange(at, at + hi - lo), blk.in_idx, blk.weights[lo:hi]))
+            at += hi - lo
+        sub = BlockSparseWeights(at, w.in_features, tuple(blocks))
+        return HeadChunk(np.concatenate(out_idx).astype(np.int64), sub)
+
+    for blk in covering_blocks(w):
+        for lo in range(0, len(blk.out_idx), chunk):
+            hi = min(lo + chunk, len(blk.out_idx))
+            if rows + hi - lo > chunk and pieces:
+                yield emit()
+                pieces, rows = [], 0
+            pieces.append((blk, lo, hi))
+            rows += hi - lo
+    if pieces:
+        yield emit()
+
+
+def input_rows(hc: HeadChunk) -> np.ndarray:
+    """The rows of the head's input that computing head chunk ``hc`` reads."""
+    if hc.weights is None:
+        return hc.idx
+    used = [b.in_idx for b in hc.weights.blocks]
+    return np.unique(np.concatenate(used)).astype(np.int64) if used else np.zeros(0, np.int64)
+
+
+class Gather:
+    """Input bookkeeping of an affine node whose inputs arrive in chunks.
+
+    For each chunk: which row blocks its features reach, with the sub-blocks of weights that
+    multiply them (columns renumbered to positions in the chunk, rows to positions in the
+    block), and which blocks thereby become complete.
+    """
+
+    def __init__(self, weights: BlockSparseWeights) -> None:
+        self.blocks = covering_blocks(weights)
+        self.in_features = weights.in_features
+        self.remaining = np.array([len(b.in_idx) for b in self.blocks], dtype=np.int64)
+        # every (column, block, position in the block) entry, sorted by column
+        cols = np.concatenate([b.in_idx for b in self.blocks]).astype(np.int64)
+        owner = np.concatenate(
+            [np.full(len(b.in_idx), i, dtype=np.int64) for i, b in enumerate(self.blocks)]
+        )
+        pos = np.concatenate([np.arange(len(b.in_idx), dtype=np.int64) for b in self.blocks])
+        order = np.argsort(cols, kind="stable")
+        self._owner, self._pos = owner[order], pos[order]
+        self._ptr = np.searchsorted(cols[order], np.arange(weights.in_features + 1))
+        self._seen = np.zeros(weights.in_features, dtype=bool)
+        self._started = False
+
+    def deliver(self, idx: np.ndarray) -> tuple[list[tuple[int, WeightBlock]], list[int]]:
+        """Features ``idx`` arrive: ([(block, sub-block)], newly completed blocks).
+
+        Blocks without inputs complete with the first delivery (they need a chunk's level and
+        components to be built, and nothing else).
+        """
+        idx = np.asarray(idx, dtype=np.int64)
+        if len(idx) and (idx.min() < 0 or idx.max() >= self.in_features):
+            raise ParameterError(f"features outside [0, {self.in_features}) delivered")
+        if np.any(self._seen[idx]) or len(np.unique(idx)) != len(idx):
+            raise ParameterError("a feature was delivered twice to a streamed layer")
+        self._seen[idx] = True
+        starts, ends = self._ptr[idx], self._ptr[idx + 1]
+        counts = ends - starts
+        total = int(counts.sum())
+        offsets = np.repeat(starts - np.cumsum(counts) + counts, counts)
+        ent = offsets + np.arange(total)
+        chunk_pos = np.repeat(np.arange(len(idx), dtype=np.int64), counts)
+        owner = self._owner[ent]
+        order = np.argsort(owner, kind="stable")
+        owner, ent, chunk_pos = owner[order], ent[order], chunk_pos[order]
+        bounds = np.flatnonzero(np.diff(owner)) + 1
+        parts = []
+        done = []
+        if not self._started:
+            self._started = True
+            done = [i for i, b in enumerate(self.blocks) if len(b.in_idx) == 0]
+        for lo, hi in zip(np.r_[0, bounds], np.r_[bounds, total], strict=True):
+            if lo == hi:
+                continue
+            b = int(owner[lo])
+            blk = self.blocks[b]
+            cols = self._pos[ent[lo:hi]]
+            sub = WeightBlock(np.arange(len(blk.out_idx)), chunk_pos[lo:hi], blk.weights[:, cols])
+            parts.append((b, sub))
+            self.remaining[b] -= hi - lo
+            if self.remaining[b] == 0:
+                done.append(b)
+        return parts, done
+
+
+# -- memory -------------------------------------------------------------------------------------
+
+
+def ct_bytes(plan: Plan, components: int, level: int) -> int:
+    """Bytes of one ciphertext with ``components`` at ``level``."""
+    return components * (level + 1) * plan.params.n * RESIDUE_BYTES
+
+
+def output_bytes(plan: Plan, n: Node) -> int:
+    """Bytes of node ``n``'s whole output."""
+    comps = 2 if isinstance(n, InputNode) else n.components
+    return n.features * ct_bytes(plan, comps, n.level_out)
+
+
+def _input_components(plan: Plan, n: Node) -> int:
+    return max(plan.node(i).components for i in n.inputs) if n.inputs else 2
+
+
+@dataclass
+class SegmentSchedule:
+    """One streamed segment: its nodes, the chunk size, and its simulated memory."""
+
+    nodes: tuple[str, ...]
+    chunk: int
+    chunks: int = 0
+    #: peak of accumulators, completed-row buffers and the chunk working set (bytes)
+    stream_bytes: int = 0
+
+
+@dataclass
+class StreamingSchedule:
+    """How a plan runs under a memory budget: segments (with chunk sizes), the estimated peak
+    of ciphertext memory, and whether it fits the budget."""
+
+    budget: int
+    segments: list[SegmentSchedule] = field(default_factory=list)
+    peak: int = 0
+
+    @property
+    def fits(self) -> bool:
+        return self.peak <= self.budget
+
+    def segment_of(self, head: str) -> SegmentSchedule | None:
+        for s in self.segments:
+            if s.nodes[0] == head:
+                return s
+        return None
+
+
+def _copies(n: Node) -> int:
+    if isinstance(n, InputNode):
+        return 1
+    return AFFINE_OUTPUT_COPIES if isinstance(n, AffineNode) else OTHER_OUTPUT_COPIES
+
+
+def simulate_segment(
+    plan: Plan, nodes: tuple[Node, ...], chunk: int, *, input_row_bytes: int = 0
+) -> tuple[int, int]:
+    """Replay a segment's flow on indices only: (head pieces, peak bytes held by the stream).
+
+    The same rules as the runtime: the head and the polynomials work :func:`piece_size`
+    features at a time; a streamed affine node buffers its inputs until it holds ``chunk``
+    features, adds their partial products to the accumulators of the row blocks they reach
+    (allocated on first touch), and finishes its completed blocks ``chunk`` rows at a time.
+    Counts the accumulators, the input buffers, and the working set of the piece or chunk being
+    processed (its input and the transient copies of its output, as for an unstreamed node) —
+    the head's input and the sink's assembled output are counted by :func:`memory_profile`,
+    except when ``input_row_bytes`` is given: the head's input then lies in a file and only the
+    rows between their first and last use are resident (the runtime releases the others).
+    """
+    gathers = [Gather(n.weights) if isinstance(n, AffineNode) else None for n in nodes]
+    gathers[0] = None  # the head computes its rows directly from its materialized input
+    acc_bytes = [
+        ct_bytes(plan, _input_components(plan, n), n.level_in) if g else 0
+        for n, g in zip(nodes, gathers, strict=True)
+    ]
+    out_ct = [ct_bytes(plan, n.components, n.level_out) for n in nodes]
+    in_ct = [0, *out_ct[:-1]]
+    held = [0] * len(nodes)  # bytes of input buffers and accumulators per node
+    inbuf: list[list[np.ndarray]] = [[] for _ in nodes]
+    done_rows: list[list[tuple[int, int]]] = [[] for _ in nodes]  # completed (block, rows)
+    started: list[set[int]] = [set() for _ in nodes]
+    peak = 0
+
+    def note(extra: int) -> None:
+        nonlocal peak
+        peak = max(peak, sum(held) + extra)
+
+    def flush(k: int) -> list[np.ndarray]:
+        g, out = gathers[k], []
+        for group in row_pieces(done_rows[k], piece_size(chunk)):
+            idx = np.concatenate([g.blocks[b].out_idx[lo:hi] for b, lo, hi in group])
+            note(len(idx) * _copies(nodes[k]) * out_ct[k])
+            held[k] -= len(idx) * acc_bytes[k]
+            out.append(idx)
+        done_rows[k] = []
+        return out
+
+    def deliver(k: int) -> list[np.ndarray]:
+        g = gathers[k]
+        idx = np.concatenate(inbuf[k])
+        inbuf[k] = []
+        parts, done = g.deliver(idx)
+        for b in [b for b, _ in parts] + done:
+            if b not in started[k]:  # accumulator allocated on first touch
+                started[k].add(b)
+                held[k] += len(g.blocks[b].out_idx) * acc_bytes[k]
+        note(len(idx) * in_ct[k])  # the buffered inputs, concatenated
+        held[k] -= len(idx) * in_ct[k]  # and released
+        done_rows[k] += [(b, len(g.blocks[b].out_idx)) for b in done]
+        if sum(rows for _, rows in done_rows[k]) >= piece_size(chunk):
+            return flush(k)
+        return []
+
+    def push(k: int, items: list[np.ndarray]) -> None:
+        for k2 in range(k, len(nodes)):
+            out = []
+            for idx in items:
+                if gathers[k2] is None:  # elementwise: the same features go on
+                    note(len(idx) * (in_ct[k2] + _copies(nodes[k2]) * out_ct[k2]))
+                    out.append(idx)
+                    continue
+                inbuf[k2].append(idx)
+                held[k2] += len(idx) * in_ct[k2]
+                if sum(map(len, inbuf[k2])) >= chunk:
+                    out += deliver(k2)
+            items = out
+
+    pieces = list(head_chunks(nodes[0], piece_size(chunk)))
+    resident = np.zeros(len(pieces) + 1, dtype=np.int64)
+    if input_row_bytes:  # rows resident from their first to their last use
+        uses = [input_rows(hc) for hc in pieces]
+        nrows = max((int(u.max()) + 1 for u in uses if len(u)), default=0)
+        first = np.full(nrows, len(pieces), dtype=np.int64)
+        last = np.full(nrows, -1, dtype=np.int64)
+        for k, u in enumerate(uses):
+            first[u] = np.minimum(first[u], k)
+            last[u] = k
+        seen = last >= 0
+        np.add.at(resident, first[seen], 1)
+        np.add.at(resident, last[seen] + 1, -1)
+        resident = np.cumsum(resident) * input_row_bytes
+    for k, hc in enumerate(pieces):
+        held[0] = int(resident[k])
+        note(len(hc.idx) * _copies(nodes[0]) * out_ct[0])
+        push(1, [hc.idx])
+    held[0] = 0
+    count = len(pieces)
+    for k in range(1, len(nodes)):
+        if gathers[k] is None:
+            continue
+        items = deliver(k) if inbuf[k] else []
+        push(k + 1, items + flush(k))
+    return count, peak
+
+
+def memory_profile(
+    plan: Plan,
+    segments: dict[str, SegmentSchedule] | None = None,
+    *,
+    input_on_disk: bool = False,
+) -> tuple[int, dict[str, int]]:
+    """Estimated peak bytes of ciphertext data while running ``plan``, and the estimate at each
+    node (a segment's at its head).
+
+    Follows the executor: a value stays alive until its last consumer has run (the input, which
+    the caller owns, until then too); an unstreamed node holds its input and its output, with
+    transient copies; a streamed segment (``segments``, keyed by head) holds the head's input,
+    the sink's assembled output and what :func:`simulate_segment` counted. With
+    ``input_on_disk`` (ciphertexts mapped from a file) the input is resident only while an
+    unstreamed node reads it; a segment's simulation counts its window.
+    """
+    segments = segments or {}
+    source = next(n.name for n in plan.nodes if isinstance(n, InputNode))
+    source_bytes = output_bytes(plan, plan.node(source))
+    in_segment = {name: s for s in segments.values() for name in s.nodes}
+    users = _consumers(plan)
+    remaining = {n.name: len(users[n.name]) for n in plan.nodes}
+    live: dict[str, int] = {}
+    peak, at = 0, {}
+    for n in plan.nodes:
+        seg = in_segment.get(n.name)
+        if seg is not None and seg.nodes[0] != n.name:
+            continue  # accounted at the head
+        if seg is not None:
+            sink = plan.node(seg.nodes[-1])
+            here = sum(live.values()) + output_bytes(plan, sink) + seg.stream_bytes
+            out_name, out_bytes, inputs = sink.name, output_bytes(plan, sink), n.inputs
+        else:
+            out_bytes = output_bytes(plan, n)
+            here = sum(live.values()) + _copies(n) * out_bytes
+            if input_on_disk and source in n.inputs:
+                here += source_bytes  # read whole: paged in
+            out_name, inputs = n.name, n.inputs
+        if input_on_disk and n.name == source:
+            out_bytes = here = 0
+        at[n.name] = here
+        peak = max(peak, here)
+        live[out_name] = out_bytes
+        for x in inputs:
+            remaining[x] -= 1
+            if remaining[x] == 0 and x != plan.output:
+                live.pop(x, None)
+    return peak, at
+
+
+def plan_streaming(
+    plan: Plan,
+    memory_budget: int | None = None,
+    *,
+    chunk: int | None = None,
+    input_on_disk: bool = False,
+) -> StreamingSchedule:
+    """Choose each segment's chunk: the largest (whole layer, then halving) whose estimated peak
+    fits ``memory_budget`` (default :func:`default_memory_budget`), or ``chunk`` features when
+    given (tests). When nothing fits, the chunk with the smallest estimate is kept: the schedule
+    says it does not fit, and the caller decides. ``input_on_disk``: the input ciphertexts are
+    mapped from a file, and only the window a streamed head still needs is resident."""
+    budget = default_memory_budget() if memory_budget is None else int(memory_budget)
+    if budget <= 0:
+        raise ParameterError(f"memory budget must be positive, got {budget} bytes")
+    if chunk is not None and chunk < 1:
+        raise ParameterError(f"chunk size must be ≥ 1, got {chunk}")
+    chosen: dict[str, SegmentSchedule] = {}
+    for nodes in find_segments(plan):
+        head = nodes[0]
+        names = tuple(n.name for n in nodes)
+        src = plan.node(head.inputs[0])
+        row_bytes = output_bytes(plan, src) // src.features
+        window = row_bytes if input_on_disk and isinstance(src, InputNode) else 0
+        if chunk is not None:
+            sizes = [chunk]
+        else:
+            sizes, c = [], head.features
+            while c > MIN_CHUNK:
+                sizes.append(c)
+                c = -(-c // 2)
+            sizes.append(min(MIN_CHUNK, head.features))
+        best: tuple[int, SegmentSchedule] | None = None
+        for size in sizes:  # the largest chunk that fits, else the smallest peak
+            count, stream = simulate_segment(plan, nodes, size, input_row_bytes=window)
+            chosen[head.name] = SegmentSchedule(names, size, count, stream)
+            here = memory_profile(plan, chosen, input_on_disk=input_on_disk)[1][head.name]
+            if best is None or here < best[0]:
+                best = (here, chosen[head.name])
+            if here <= budget:
+                break
+        else:
+            chosen[head.name] = best[1]
+    peak, _ = memory_profile(plan, chosen, input_on_disk=input_on_disk)
+    return StreamingSchedule(budget, list(chosen.values()), peak)

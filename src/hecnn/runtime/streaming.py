@@ -1,0 +1,263 @@
+"""Chunk-by-chunk execution of a streamed segment (see :mod:`hecnn.compile.streaming`).
+
+The head's outputs are computed a piece of features at a time (at most
+:data:`~hecnn.compile.streaming.PIECE`) and pushed down the chain; each stage turns what it
+receives into what it passes on:
+
+- :class:`_PolyStage`: the same features, the polynomial evaluated on them;
+- :class:`_AffineStage`: inputs buffered to a chunk, whose partial product is added into the
+  accumulators of the row blocks it reaches (one Δ_w and one encoding exponent for all chunks,
+  so the partial sums share a scale and add exactly mod q); completed blocks are buffered and,
+  once there are a chunk's worth, finished as the unstreamed node would finish them (bias,
+  rescale, relinearization);
+- the sink's chunks are written into the segment's one materialized output.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+
+import numpy as np
+
+from hecnn.ckks.batch import CiphertextBatch
+from hecnn.ckks.context import CkksContext
+from hecnn.ckks.keys import EvaluationKeys
+from hecnn.ckks.linear import accumulate_products, encoding_exponent
+from hecnn.compile.ir import AffineNode, Node, Plan, PolyNode
+from hecnn.compile.streaming import (
+    Gather,
+    SegmentSchedule,
+    head_chunks,
+    input_rows,
+    piece_size,
+    row_pieces,
+)
+from hecnn.errors import ParameterError, ScaleError
+from hecnn.runtime.memory import file_mapping, release_rows
+
+Chunk = tuple[np.ndarray, CiphertextBatch]  # (global feature indices, their ciphertexts)
+
+
+def _relinearize_as_planned(n: Node, y: CiphertextBatch, keys: EvaluationKeys) -> CiphertextBatch:
+    """What the executor does after every node: the planned relinearization."""
+    return y.relinearize(keys) if n.relin_after and y.components > 2 else y
+
+
+class _PolyStage:
+    def __init__(self, n: PolyNode, keys: EvaluationKeys, poly: Callable) -> None:
+        self.node, self.keys, self.poly = n, keys, poly
+        self.held = 0
+
+    def push(self, idx: np.ndarray, x: CiphertextBatch) -> list[Chunk]:
+        y = self.poly(self.node, x, self.keys, self.node.coeffs[:, idx])
+        return [(idx, _relinearize_as_planned(self.node, y, self.keys))]
+
+    def finish(self) -> list[Chunk]:
+        return []
+
+
+class _AffineStage:
+    """An affine node fed chunk by chunk: its inputs are buffered until ``chunk`` features are
+    there, then their partial products go into the accumulators of the row blocks they reach;
+    completed blocks are finished ``chunk`` rows at a time."""
+
+    def __init__(
+        self,
+        n: AffineNode,
+        ctx: CkksContext,
+        keys: EvaluationKeys,
+        chunk: int,
+        weight_scale: Callable[[AffineNode, CiphertextBatch], float],
+    ) -> None:
+        self.node, self.ctx, self.keys, self.chunk = n, ctx, keys, chunk
+        self.weight_scale = weight_scale
+        self.gather = Gather(n.weights)
+        self.inbuf: list[Chunk] = []
+        self.acc: dict[int, np.ndarray] = {}
+        self.done: list[int] = []
+        self.delta_w: float | None = None
+        self.exponent = 0
+        self.scale = 0.0
+        self.shape: tuple[int, ...] = ()
+
+    @property
+    def held(self) -> int:
+        return sum(a.nbytes for a in self.acc.values()) + sum(y.data.nbytes for _, y in self.inbuf)
+
+    def push(self, idx: np.ndarray, x: CiphertextBatch) -> list[Chunk]:
+        if self.delta_w is None:  # fixed by the first chunk: every chunk shares level and scale
+            self.delta_w = self.weight_scale(self.node, x)
+            self.exponent = encoding_exponent(self.node.weights, self.delta_w)
+            self.scale, self.shape = x.scale, x.data.shape[1:]
+        elif x.data.shape[1:] != self.shape or not math.isclose(x.scale, self.scale, rel_tol=1e-12):
+            raise ScaleError(
+                f"{self.node.name}: streamed chunks disagree in components, level or scale"
+            )
+        self.inbuf.append((idx, x))
+        if sum(len(i) for i, _ in self.inbuf) < self.chunk:
+            return []
+        return self._deliver()
+
+    def finish(self) -> list[Chunk]:
+        out = self._deliver() if self.inbuf else []
+        if self.delta_w is None or np.any(self.gather.remaining > 0):
+            raise ParameterError(f"{self.node.name}: the stream ended before all inputs arrived")
+        return out + self._flush()
+
+    def _deliver(self) -> list[Chunk]:
+        """Add the buffered inputs' partial products; finish the completed blocks once they
+        hold a piece's worth of rows."""
+        if len(self.inbuf) == 1:
+            idx, x = self.inbuf[0]
+        else:
+            idx = np.concatenate([i for i, _ in self.inbuf])
+            x = CiphertextBatch.stack([y for _, y in self.inbuf])
+        self.inbuf = []
+        parts, done = self.gather.deliver(idx)
+        targets = []
+        for b, sub in parts:
+            if b not in self.acc:
+                self.acc[b] = self._zeros(b)
+            targets.append((sub, self.acc[b]))
+        accumulate_products(x, targets, weight_scale=self.delta_w, exponent=self.exponent)
+        del x
+        for b in done:
+            if b not in self.acc:  # a block without inputs: bias only
+                self.acc[b] = self._zeros(b)
+            self.done.append(b)
+        rows = sum(len(self.gather.blocks[b].out_idx) for b in self.done)
+        return self._flush() if rows >= piece_size(self.chunk) else []
+
+    def _zeros(self, b: int) -> np.ndarray:
+        return np.zeros((len(self.gather.blocks[b].out_idx), *self.shape), dtype=np.int32)
+
+    def _flush(self) -> list[Chunk]:
+        """Finish every completed block as the unstreamed node would (bias, rescale, planned
+        relinearization), a piece of rows at a time; their accumulators are released."""
+        out = []
+        for group in row_pieces(
+            [(b, len(self.gather.blocks[b].out_idx)) for b in self.done], piece_size(self.chunk)
+        ):
+            idx = np.concatenate([self.gather.blocks[b].out_idx[lo:hi] for b, lo, hi in group])
+            data = np.concatenate([self.acc[b][lo:hi] for b, lo, hi in group])
+            for b, _lo, hi in group:
+                if hi == len(self.gather.blocks[b].out_idx):
+                    del self.acc[b]
+            y = CiphertextBatch(self.ctx, data, self.scale * self.delta_w)
+            if self.node.bias is not None:
+                y = y.add_const(self.node.bias[idx])
+            if self.node.rescale:
+                y = y.rescale()
+            out.append((idx.astype(np.int64), _relinearize_as_planned(self.node, y, self.keys)))
+        self.done = []
+        return out
+
+
+class _Sink:
+    """The segment's materialized output, written chunk by chunk."""
+
+    def __init__(self, features: int) -> None:
+        self.features = features
+        self.data: np.ndarray | None = None
+        self.first: CiphertextBatch | None = None
+        self.filled = 0
+
+    @property
+    def held(self) -> int:
+        return 0 if self.data is None else self.data.nbytes
+
+    def store(self, items: list[Chunk]) -> None:
+        for idx, y in items:
+            if self.first is None and len(idx) == self.features and np.all(idx[1:] > idx[:-1]):
+                self.first, self.data, self.filled = y, y.data, self.features  # one chunk: as is
+                continue
+            if self.first is None:
+                self.first = y
+                self.data = np.empty((self.features, *y.data.shape[1:]), dtype=np.int32)
+            elif y.data.shape[1:] != self.data.shape[1:] or not math.isclose(
+                y.scale, self.first.scale, rel_tol=1e-12
+            ):
+                raise ScaleError("streamed output chunks disagree in components, level or scale")
+            self.data[idx] = y.data
+            self.filled += len(idx)
+
+    def result(self, name: str) -> CiphertextBatch:
+        if self.first is None or self.filled != self.features:
+            raise ParameterError(f"{name}: the stream produced {self.filled} of {self.features}")
+        return CiphertextBatch(self.first.ctx, self.data, self.first.scale)
+
+
+def run_segment(
+    plan: Plan,
+    seg: SegmentSchedule,
+    x: CiphertextBatch,
+    keys: EvaluationKeys,
+    *,
+    affine: Callable,
+    poly: Callable,
+    weight_scale: Callable[[AffineNode, CiphertextBatch], float],
+    seconds: dict[str, float],
+    on_chunk: Callable[[int, int, int], None] | None = None,
+) -> CiphertextBatch:
+    """Run one segment on its head's input ``x``; returns the sink's whole output.
+
+    ``affine(n, x, keys, weights, bias, exponent)`` and ``poly(n, x, keys, coeffs)`` are the
+    executor's own node evaluations (the head's chunks use them); ``seconds`` accumulates the
+    time spent per node; ``on_chunk(k, chunks, held_bytes)`` is called after each head chunk.
+    """
+    nodes = [plan.node(name) for name in seg.nodes]
+    head = nodes[0]
+    stages: list = [None]
+    for n in nodes[1:]:
+        if isinstance(n, PolyNode):
+            stages.append(_PolyStage(n, keys, poly))
+        elif isinstance(n, AffineNode):
+            stages.append(_AffineStage(n, x.ctx, keys, seg.chunk, weight_scale))
+        else:  # pragma: no cover - find_segments admits only these
+            raise ParameterError(f"cannot stream a {type(n).__name__}")
+    sink = _Sink(nodes[-1].features)
+    for n in nodes:
+        seconds.setdefault(n.name, 0.0)
+
+    def feed(k: int, items: list[Chunk]) -> None:
+        for k2 in range(k, len(nodes)):
+            t0 = time.perf_counter()
+            items = [out for idx, y in items for out in stages[k2].push(idx, y)]
+            seconds[nodes[k2].name] += time.perf_counter() - t0
+        sink.store(items)
+
+    if isinstance(head, AffineNode):
+        exponent = encoding_exponent(head.weights, weight_scale(head, x))
+
+        def compute(hc) -> CiphertextBatch:
+            bias = None if head.bias is None else head.bias[hc.idx]
+            return affine(head, x, keys, hc.weights, bias, exponent)
+    else:
+
+        def compute(hc) -> CiphertextBatch:
+            return poly(head, x[hc.idx], keys, head.coeffs[:, hc.idx])
+
+    pieces = list(head_chunks(head, piece_size(seg.chunk)))
+    last_use = None
+    if file_mapping(x.data) is not None:  # an input mapped from a file: keep only its window
+        last_use = np.full(len(x), -1, dtype=np.int64)
+        for k, hc in enumerate(pieces):
+            last_use[input_rows(hc)] = k
+    total = len(pieces)
+    for k, hc in enumerate(pieces):
+        t0 = time.perf_counter()
+        y = _relinearize_as_planned(head, compute(hc), keys)
+        seconds[head.name] += time.perf_counter() - t0
+        if last_use is not None:
+            release_rows(x.data, np.flatnonzero(last_use == k))
+        feed(1, [(hc.idx, y)])
+        if on_chunk is not None:
+            on_chunk(k + 1, total, sink.held + sum(s.held for s in stages[1:]))
+    for k in range(1, len(nodes)):
+        t0 = time.perf_counter()
+        items = stages[k].finish()
+        seconds[nodes[k].name] += time.perf_counter() - t0
+        feed(k + 1, items)
+    return sink.result(seg.nodes[-1])

@@ -1,0 +1,178 @@
+"""Streamed execution equals the unstreamed executor bit for bit, and the plaintext model.
+
+Small rings (N=2^12) through the explicit insecure test switch, and chunks of a few features,
+so every streamed path runs: row pieces of the head, partial products accumulated over many
+chunks (3-component partials with relinearization after the layer, 5-component ones in the
+rescale-free tail), a polynomial relinearized chunk by chunk, segments ending at nodes with two
+consumers (concat, residual add).
+"""
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from hecnn.ckks.batch import CiphertextBatch
+from hecnn.ckks.context import CkksContext
+from hecnn.ckks.keys import KeyGenerator
+from hecnn.compile import compile_model
+from hecnn.nn.activations import Square, SwishPoly4, TrainablePoly
+from hecnn.runtime import RunReport, decrypt_outputs, encrypt_images, run
+from hecnn.runtime.memory import file_mapping, release_rows
+
+RING = 1 << 12
+
+
+class Wide(nn.Module):
+    """CIFAR's shape: wide conv → degree-4 poly → pool+conv (3-component partials,
+    relinearized after the layer) → poly → conv → poly → linear (the last ones in the
+    rescale-free tail: 5-component partials)."""
+
+    def __init__(self):
+        super().__init__()
+        self.c1 = nn.Conv2d(2, 4, 3, padding=1)
+        self.bn = nn.BatchNorm2d(4)
+        self.a1 = SwishPoly4(4)
+        self.p1 = nn.AvgPool2d(2)
+        self.c2 = nn.Conv2d(4, 3, 3, padding=1)
+        self.a2 = TrainablePoly(2, "element", shape=(3, 4, 4))
+        self.c3 = nn.Conv2d(3, 2, 1)
+        self.a3 = Square()
+        self.fc = nn.Linear(32, 3)
+
+    def forward(self, x):
+        y = self.a2(self.c2(self.p1(self.a1(self.bn(self.c1(x))))))
+        return self.fc(torch.flatten(self.a3(self.c3(y)), 1))
+
+
+class Expand(nn.Module):
+    """x² feeding a wider conv is relinearized at the polynomial: chunk by chunk when streamed."""
+
+    def __init__(self):
+        super().__init__()
+        self.c1 = nn.Conv2d(1, 2, 3, padding=1)
+        self.a1 = Square()
+        self.c2 = nn.Conv2d(2, 6, 3, padding=1)
+        self.a2 = TrainablePoly(2, "channel", shape=(6, 6, 6))
+        self.c3 = nn.Conv2d(6, 2, 1)
+        self.a3 = Square()
+        self.fc = nn.Linear(72, 4)
+
+    def forward(self, x):
+        y = self.a3(self.c3(self.a2(self.c2(self.a1(self.c1(x))))))
+        return self.fc(torch.flatten(y, 1))
+
+
+class Branchy(nn.Module):
+    """Fire-like concat and a residual add between streamed chains."""
+
+    def __init__(self):
+        super().__init__()
+        self.c1 = nn.Conv2d(1, 2, 3, padding=1)
+        self.a1 = Square()
+        self.ca = nn.Conv2d(2, 2, 1)
+        self.cb = nn.Conv2d(2, 2, 3, padding=1)
+        self.a2 = TrainablePoly(2, "channel", shape=(4, 6, 6))
+        self.fc = nn.Linear(144, 3)
+
+    def forward(self, x):
+        y = self.a1(self.c1(x))
+        y = self.a2(torch.cat([self.ca(y), self.cb(y)], 1) + torch.cat([y, y], 1))
+        return self.fc(torch.flatten(y, 1))
+
+
+def _setup(model, shape, n=16, seed=0):
+    torch.manual_seed(seed)
+    model = model.eval()
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.running_mean.uniform_(-0.3, 0.3)
+                m.running_var.uniform_(0.5, 1.5)
+    x = torch.randn(n, *shape)
+    plan = compile_model(model, shape, batch=n, calib=x, insecure_ring_for_tests=RING)
+    ctx = CkksContext(plan.params)
+    kg = KeyGenerator(ctx)
+    sk = kg.secret_key()
+    ct = encrypt_images(plan, ctx, kg.public_key(sk), x.numpy())
+    with torch.no_grad():
+        ref = model(x).double().numpy()
+    return plan, ctx, sk, kg.evaluation_keys(sk), ct, ref
+
+
+def _check_plaintext(ctx, sk, out, ref):
+    got = decrypt_outputs(ctx, sk, out, len(ref))
+    assert np.abs(got - ref).max() < 1e-2 * max(1.0, np.abs(ref).max())
+    assert (got.argmax(1) == ref.argmax(1)).all()
+
+
+@pytest.mark.parametrize(
+    ("model", "shape", "chunks"),
+    [
+        (Wide, (2, 8, 8), (7,)),
+        (Expand, (1, 6, 6), (2,)),
+        (Branchy, (1, 6, 6), (5,)),
+    ],
+)
+def test_streamed_equals_unstreamed_bit_for_bit(model, shape, chunks):
+    plan, ctx, sk, evk, ct, ref = _setup(model(), shape)
+    whole = run(plan, ct, evk, streaming=False)
+    _check_plaintext(ctx, sk, whole, ref)
+    for chunk in chunks:
+        report = RunReport()
+        out = run(plan, ct, evk, chunk=chunk, report=report)
+        assert report.schedule.segments, "nothing was streamed"
+        assert any(s.chunks > 1 for s in report.schedule.segments)
+        assert out.components == whole.components and out.scale == whole.scale
+        assert np.array_equal(out.data, whole.data)
+        _check_plaintext(ctx, sk, out, ref)
+
+
+def test_streaming_exercises_relinearized_chunks_and_three_component_partials():
+    plan, *_ = _setup(Expand(), (1, 6, 6))
+    a1 = plan.node("a1")
+    assert a1.relin_after  # x² feeds a wider layer: relinearized at the polynomial
+    plan, *_ = _setup(Wide(), (2, 8, 8))
+    c2 = plan.node("c2")
+    assert plan.node(c2.inputs[0]).components == 3 and c2.relin_after
+    assert plan.node("fc").components == 5 and not plan.node("fc").rescale
+
+
+def test_run_report_and_a_budget_that_cannot_be_met():
+    plan, ctx, sk, evk, ct, ref = _setup(Expand(), (1, 6, 6))
+    report = RunReport()
+    out = run(plan, ct, evk, memory_budget=1, report=report)  # nothing fits
+    assert not report.schedule.fits
+    seg = report.schedule.segments[0]
+    assert seg.chunk < plan.node(seg.nodes[0]).features  # the least memory, not the whole layer
+    assert [t.name for t in report.timings] == [n.name for n in plan.nodes]
+    assert all(t.seconds >= 0 for t in report.timings) and report.total > 0
+    assert report.peak_rss > 0 and report.peak_held >= ct.data.nbytes
+    _check_plaintext(ctx, sk, out, ref)
+    seen = []
+    run(plan, ct, evk, chunk=40, progress=lambda name, i, total: seen.append(name))
+    assert any("chunk 1/" in s for s in seen) and seen[-1] == "done"
+
+
+def test_inputs_mapped_from_a_file_are_released_and_give_the_same_result(tmp_path):
+    plan, ctx, sk, evk, ct, ref = _setup(Wide(), (2, 8, 8))
+    path = tmp_path / "inputs.bin"
+    ct.data.tofile(path)
+    mapped = np.memmap(path, dtype=np.int32, mode="r", shape=ct.data.shape)
+    on_disk = CiphertextBatch(ctx, np.asarray(mapped), ct.scale)
+    assert file_mapping(on_disk.data) is not None and file_mapping(ct.data) is None
+    report = RunReport()
+    out = run(plan, on_disk, evk, chunk=9, report=report)
+    assert np.array_equal(out.data, run(plan, ct, evk, streaming=False).data)
+    _check_plaintext(ctx, sk, out, ref)
+
+
+def test_release_rows_drops_pages_but_keeps_the_data(tmp_path):
+    rows = np.arange(64 * 4096, dtype=np.int32).reshape(64, 4096)  # 16 KiB per row
+    path = tmp_path / "rows.bin"
+    rows.tofile(path)
+    mapped = np.asarray(np.memmap(path, dtype=np.int32, mode="r", shape=rows.shape))
+    assert int(mapped.sum()) == int(rows.sum())  # every page read once
+    assert release_rows(mapped, np.r_[3:9, 20]) >= 7 * 16384 - 2 * 4096
+    assert np.array_equal(mapped, rows)  # paged back in from the file
+    assert release_rows(rows, np.arange(64)) == 0  # ordinary memory is never touched
