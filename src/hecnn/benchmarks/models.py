@@ -47,7 +47,6 @@ from hecnn.compile.ir import Plan
 from hecnn.compile.streaming import default_memory_budget, plan_streaming
 from hecnn.errors import HecnnError
 from hecnn.runtime import RunReport, decrypt_outputs, pack, run
-from hecnn.runtime.memory import peak_rss
 
 ROWS = ("ishiyama_mnist", "cryptonets_mnist", "ishiyama_cifar", "hemet_squeezenet")
 QUICK_ROWS = ("ishiyama_mnist", "cryptonets_mnist")
@@ -86,7 +85,9 @@ class ModelRow:
     stages: dict[str, float] = field(default_factory=dict)
     server_s: float = 0.0  # the run (measured; the projection when stopped)
     peak_rss: int = 0
+    peak_held: int = 0  # ciphertext arrays the executor held at once (its own count)
     estimate: int = 0  # streamed memory estimate of ciphertext data
+    cpu_s: float = 0.0  # process CPU seconds during the run (÷ server_s: cores kept busy)
     chunks: str = ""
     agreement: float | None = None  # percent of labels equal to the plaintext model's
     max_error: float | None = None
@@ -258,6 +259,7 @@ def bench_row(
                 raise _TimeLimitError
 
         report = RunReport()
+        cpu0 = time.process_time()
         try:
             out = run(plan, ct, evk, report=report, memory_budget=budget, progress=progress)
         except _TimeLimitError:
@@ -265,7 +267,8 @@ def bench_row(
             frac = max(state["fraction"], 1e-9)
             row.status = "stopped"
             row.server_s = elapsed / frac
-            row.peak_rss = peak_rss()
+            row.cpu_s = (time.process_time() - cpu0) / frac
+            row.peak_rss, row.peak_held = report.peak_rss, report.peak_held
             row.note = (
                 f"stopped after {elapsed:.0f} s at {state['at']} ({100 * frac:.1f} % of the "
                 f"estimated work): server time {row.server_s:.0f} s projected"
@@ -273,7 +276,8 @@ def bench_row(
             log(f"{name}: {row.note}")
             return row
         row.server_s = time.perf_counter() - started
-        row.peak_rss = report.peak_rss
+        row.cpu_s = time.process_time() - cpu0
+        row.peak_rss, row.peak_held = report.peak_rss, report.peak_held
         del ct
     t0 = time.perf_counter()
     logits = decrypt_outputs(ctx, sk, out, row.batch)
@@ -408,10 +412,15 @@ def run_models(
             if r.plain_accuracy is not None
             else ""
         )
+        held = (
+            f", held {r.peak_held / 2**30:.2f} GiB, {r.cpu_s / r.server_s:.2f} cores busy"
+            if r.server_s
+            else ""
+        )
         console.print(
             f"{r.model} ({r.weights}): {r.status}{' — ' + r.note if r.note else ''}; "
             f"stages: {stages}; streamed ({r.chunks or 'nothing'}), estimate "
-            f"{r.estimate / 2**30:.2f} GiB{acc}"
+            f"{r.estimate / 2**30:.2f} GiB{held}{acc}"
         )
         if r.seal is not None:
             kinds = ", ".join(f"{k} {v:.0f} s" for k, v in r.seal.by_kind.items() if v >= 0.5)

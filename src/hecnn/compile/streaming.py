@@ -35,6 +35,7 @@ import numpy as np
 
 from hecnn.ckks.linear import BlockSparseWeights, WeightBlock
 from hecnn.compile.ir import AffineNode, InputNode, Node, Plan, PolyNode
+from hecnn.compile.polyeval import schedule
 from hecnn.errors import ParameterError
 
 #: bytes of one residue
@@ -42,9 +43,8 @@ RESIDUE_BYTES = 4
 #: fraction of physical memory the default budget allows (the rest: the OS, other processes,
 #: evaluation keys, weights, and the temporaries this model does not count)
 DEFAULT_MEMORY_FRACTION = 0.6
-#: transient copies of a node's output while it is computed (affine: the product, its copy
-#: with the bias, the rescaled result; polynomial and others: the parts and the whole) — for
-#: the whole output of an unstreamed node, for one chunk's in a stream
+#: transient copies of an affine node's output while it is computed (the product, its copy with
+#: the bias, the rescaled result), and of other nodes' (the parts and the whole)
 AFFINE_OUTPUT_COPIES = 3
 OTHER_OUTPUT_COPIES = 2
 #: smallest chunk tried when shrinking chunks to fit a budget
@@ -312,10 +312,25 @@ class StreamingSchedule:
         return None
 
 
-def _copies(n: Node) -> int:
+def working_bytes(plan: Plan, n: Node, features: int) -> int:
+    """Bytes node ``n`` holds beyond its input while it computes ``features`` outputs.
+
+    Affine: the product before the rescale (input components, input level), its copy with the
+    bias and the rescaled result. Polynomial: its output, and for the :data:`PIECE` features
+    evaluated at once their powers, a term and the running sum (three or more components, at
+    the input level). Others: the output and a copy.
+    """
     if isinstance(n, InputNode):
-        return 1
-    return AFFINE_OUTPUT_COPIES if isinstance(n, AffineNode) else OTHER_OUTPUT_COPIES
+        return features * output_bytes(plan, n) // max(n.features, 1)
+    if isinstance(n, AffineNode):
+        pre = ct_bytes(plan, _input_components(plan, n), n.level_in)
+        return features * AFFINE_OUTPUT_COPIES * pre
+    out = ct_bytes(plan, n.components, n.level_out)
+    if isinstance(n, PolyNode):
+        live = len(schedule(n.coeffs, n.fold_leading).powers) + 2
+        temps = live * ct_bytes(plan, max(3, n.components), n.level_in)
+        return features * out + min(features, PIECE) * temps
+    return features * OTHER_OUTPUT_COPIES * out
 
 
 def simulate_segment(
@@ -355,7 +370,7 @@ def simulate_segment(
         g, out = gathers[k], []
         for group in row_pieces(done_rows[k], piece_size(chunk)):
             idx = np.concatenate([g.blocks[b].out_idx[lo:hi] for b, lo, hi in group])
-            note(len(idx) * _copies(nodes[k]) * out_ct[k])
+            note(working_bytes(plan, nodes[k], len(idx)))
             held[k] -= len(idx) * acc_bytes[k]
             out.append(idx)
         done_rows[k] = []
@@ -382,7 +397,7 @@ def simulate_segment(
             out = []
             for idx in items:
                 if gathers[k2] is None:  # elementwise: the same features go on
-                    note(len(idx) * (in_ct[k2] + _copies(nodes[k2]) * out_ct[k2]))
+                    note(len(idx) * in_ct[k2] + working_bytes(plan, nodes[k2], len(idx)))
                     out.append(idx)
                     continue
                 inbuf[k2].append(idx)
@@ -407,7 +422,7 @@ def simulate_segment(
         resident = np.cumsum(resident) * input_row_bytes
     for k, hc in enumerate(pieces):
         held[0] = int(resident[k])
-        note(len(hc.idx) * _copies(nodes[0]) * out_ct[0])
+        note(working_bytes(plan, nodes[0], len(hc.idx)))
         push(1, [hc.idx])
     held[0] = 0
     count = len(pieces)
@@ -453,7 +468,7 @@ def memory_profile(
             out_name, out_bytes, inputs = sink.name, output_bytes(plan, sink), n.inputs
         else:
             out_bytes = output_bytes(plan, n)
-            here = sum(live.values()) + _copies(n) * out_bytes
+            here = sum(live.values()) + working_bytes(plan, n, n.features)
             if input_on_disk and source in n.inputs:
                 here += source_bytes  # read whole: paged in
             out_name, inputs = n.name, n.inputs

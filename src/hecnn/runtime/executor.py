@@ -21,6 +21,7 @@ from hecnn.compile.ir import AddNode, AffineNode, ConcatNode, InputNode, MulNode
 from hecnn.compile.levels import TAIL_WEIGHT_BITS
 from hecnn.compile.polyeval import feeding_powers, power_factors, schedule
 from hecnn.compile.streaming import (
+    PIECE,
     StreamingSchedule,
     default_memory_budget,
     memory_profile,
@@ -30,8 +31,9 @@ from hecnn.errors import LevelError, ParameterError, ShapeError
 from hecnn.runtime.memory import file_mapping, peak_rss, reset_peak_rss
 from hecnn.runtime.streaming import run_segment
 
-#: features evaluated together in a polynomial node (bounds the 3-component temporaries)
-POLY_CHUNK = 256
+#: features evaluated together in a polynomial node (bounds the 3-component temporaries; the
+#: memory model of :mod:`hecnn.compile.streaming` counts them per piece of this size)
+POLY_CHUNK = PIECE
 
 
 @dataclass
@@ -118,65 +120,69 @@ def run(
         peak_held = max(peak_held, now)
         return now
 
-    for i, n in enumerate(plan.nodes):
-        if n.name in inner:
-            continue
-        if progress:
-            progress(n.name, i, len(plan.nodes))
-        seg = heads.get(n.name)
-        t0 = time.perf_counter()
-        if seg is not None:
+    try:
+        for i, n in enumerate(plan.nodes):
+            if n.name in inner:
+                continue
+            if progress:
+                progress(n.name, i, len(plan.nodes))
+            seg = heads.get(n.name)
+            t0 = time.perf_counter()
+            if seg is not None:
 
-            def on_chunk(k: int, total: int, stream_bytes: int, i: int = i, seg=seg) -> None:
-                held(stream_bytes)
-                if progress:
-                    progress(
-                        f"{seg.nodes[0]}…{seg.nodes[-1]} chunk {k}/{total}", i, len(plan.nodes)
-                    )
+                def on_chunk(k: int, total: int, stream_bytes: int, i: int = i, seg=seg) -> None:
+                    held(stream_bytes)
+                    if progress:
+                        progress(
+                            f"{seg.nodes[0]}…{seg.nodes[-1]} chunk {k}/{total}", i, len(plan.nodes)
+                        )
 
-            out = run_segment(
-                plan,
-                seg,
-                vals[n.inputs[0]],
-                keys,
-                affine=_affine,
-                poly=_poly,
-                weight_scale=_weight_scale,
-                seconds=seconds,
-                on_chunk=on_chunk,
+                out = run_segment(
+                    plan,
+                    seg,
+                    vals[n.inputs[0]],
+                    keys,
+                    affine=_affine,
+                    poly=_poly,
+                    weight_scale=_weight_scale,
+                    seconds=seconds,
+                    on_chunk=on_chunk,
+                )
+                name = seg.nodes[-1]
+            else:
+                if isinstance(n, InputNode):
+                    out = inputs
+                elif isinstance(n, AffineNode):
+                    out = _affine(n, vals[n.inputs[0]], keys)
+                elif isinstance(n, PolyNode):
+                    out = _poly(n, vals[n.inputs[0]], keys)
+                elif isinstance(n, AddNode):
+                    out = _add(vals[n.inputs[0]], vals[n.inputs[1]])
+                elif isinstance(n, MulNode):
+                    out = _mul(n, vals[n.inputs[0]], vals[n.inputs[1]], keys)
+                elif isinstance(n, ConcatNode):
+                    out = CiphertextBatch.stack([vals[x] for x in n.inputs])  # pads components
+                else:  # pragma: no cover
+                    raise ParameterError(f"unknown node type {type(n).__name__}")
+                if n.relin_after and out.components > 2:
+                    out = out.relinearize(keys)
+                seconds[n.name] = time.perf_counter() - t0
+                name = n.name
+            vals[name] = out
+            held()
+            for x in n.inputs:  # free what no later node needs: bounded memory
+                remaining[x] -= 1
+                if remaining[x] == 0 and x != plan.output:
+                    vals.pop(x, None)
+    finally:  # a run stopped midway (an exception from ``progress``) still reports
+        if report is not None:
+            report.timings.extend(
+                NodeTiming(n.name, seconds[n.name], counts[n.name])
+                for n in plan.nodes
+                if n.name in seconds
             )
-            name = seg.nodes[-1]
-        else:
-            if isinstance(n, InputNode):
-                out = inputs
-            elif isinstance(n, AffineNode):
-                out = _affine(n, vals[n.inputs[0]], keys)
-            elif isinstance(n, PolyNode):
-                out = _poly(n, vals[n.inputs[0]], keys)
-            elif isinstance(n, AddNode):
-                out = _add(vals[n.inputs[0]], vals[n.inputs[1]])
-            elif isinstance(n, MulNode):
-                out = _mul(n, vals[n.inputs[0]], vals[n.inputs[1]], keys)
-            elif isinstance(n, ConcatNode):
-                out = CiphertextBatch.stack([vals[x] for x in n.inputs])  # pads components
-            else:  # pragma: no cover
-                raise ParameterError(f"unknown node type {type(n).__name__}")
-            if n.relin_after and out.components > 2:
-                out = out.relinearize(keys)
-            seconds[n.name] = time.perf_counter() - t0
-            name = n.name
-        vals[name] = out
-        held()
-        for x in n.inputs:  # free what no later node needs: bounded memory
-            remaining[x] -= 1
-            if remaining[x] == 0 and x != plan.output:
-                vals.pop(x, None)
-    if report is not None:
-        report.timings.extend(
-            NodeTiming(n.name, seconds[n.name], counts[n.name]) for n in plan.nodes
-        )
-        report.peak_rss = peak_rss()
-        report.peak_held = peak_held
+            report.peak_rss = peak_rss()
+            report.peak_held = peak_held
     if progress:
         progress("done", len(plan.nodes), len(plan.nodes))
     return vals[plan.output]
