@@ -272,16 +272,21 @@ class CiphertextBatch:
             out[:, k] = acc
         return self._like(out, self.scale * self.scale)
 
-    def relinearize(self, keys: EvaluationKeys | SwitchingKey) -> CiphertextBatch:
-        """(c0, c1, c2) → (c0, c1) + KeySwitch_{s²→s}(c2)."""
-        if self.components == 2:
-            return self
+    def _relin_key(self, keys: EvaluationKeys | SwitchingKey) -> SwitchingKey:
+        """The s² → s key, after checking this batch has the 3 components it can switch
+        (shared by every array backend)."""
         if self.components > 3:
             raise ParameterError(
                 f"only 3-component ciphertexts can be relinearized (key for s²), got "
                 f"{self.components}: relinearize before the product that made it"
             )
-        rk = keys.relin_key() if isinstance(keys, EvaluationKeys) else keys
+        return keys.relin_key() if isinstance(keys, EvaluationKeys) else keys
+
+    def relinearize(self, keys: EvaluationKeys | SwitchingKey) -> CiphertextBatch:
+        """(c0, c1, c2) → (c0, c1) + KeySwitch_{s²→s}(c2)."""
+        if self.components == 2:
+            return self
+        rk = self._relin_key(keys)
         ctx, idx, lvl = self.ctx, self.idx, self.level
         out = np.empty((len(self), 2, *self.data.shape[2:]), dtype=np.int32)
 

@@ -284,12 +284,7 @@ class TorchCiphertextBatch(CiphertextBatch):
         """(c0, c1, c2) → (c0, c1) + KeySwitch_{s²→s}(c2)."""
         if self.components == 2:
             return self
-        if self.components > 3:
-            raise ParameterError(
-                f"only 3-component ciphertexts can be relinearized (key for s²), got "
-                f"{self.components}: relinearize before the product that made it"
-            )
-        rk = keys.relin_key() if isinstance(keys, EvaluationKeys) else keys
+        rk = self._relin_key(keys)
         ring, lim, d, lvl = self.ring, self._lim(), self.data, self.level
 
         def part(lo: int, hi: int) -> torch.Tensor:
