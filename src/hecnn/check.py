@@ -337,6 +337,7 @@ def simulate_ckks(plan: Any, images: np.ndarray, seed: int = 0) -> np.ndarray:
     encoding scales (within a factor 2 of Δ); the simulation is an estimate, the encrypted run
     is the measurement.
     """
+    from hecnn.compile.chebyshev import evaluate as chebyshev_values
     from hecnn.compile.ir import AddNode, AffineNode, ConcatNode, InputNode, MulNode, PolyNode
 
     rng = np.random.default_rng(seed)
@@ -364,6 +365,11 @@ def simulate_ckks(plan: Any, images: np.ndarray, seed: int = 0) -> np.ndarray:
                 out[b.out_idx] += rnd(b.weights) @ v[b.in_idx]
             out += rnd(nd.bias)[:, None]
             vals[nd.name] = noisy(out, sd_rescale(nd.components)) if nd.rescale else out
+        elif isinstance(nd, PolyNode) and nd.chebyshev:
+            # every T_k is a product tree rescaled at each step; the terms' noise adds up
+            v = vals[nd.inputs[0]] / nd.radius
+            out = chebyshev_values(rnd(nd.coeffs), v)
+            vals[nd.name] = noisy(out, sd_rescale(2) * math.sqrt(max(nd.products, 1)))
         elif isinstance(nd, PolyNode):
             # each power x^k is a product tree of depth ceil(log2 k), every product rescaled,
             # then Σ c_k x^k (one more rescale): the power's noise is weighted by its c_k

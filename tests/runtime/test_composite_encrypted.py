@@ -64,3 +64,18 @@ def test_composite_maxpool_encrypted_equals_its_plaintext_simulation(kernel):
     plan = _check(model, torch.randn(16, 1, 8, 8), alpha=6)
     rounds = {2: 2, 3: 4}[kernel]
     assert sum(isinstance(n, MulNode) for n in plan.nodes) == rounds
+
+
+def test_alpha_10_relu_and_maxpool_depth_optimal():
+    """α = 10 (degrees 7, 7, 13): each sign chain costs exactly Σ⌈log2(d+1)⌉ = 10 levels
+    (Chebyshev basis, depth-optimal) and the encrypted network matches its simulation."""
+    torch.manual_seed(5)
+    model = nn.Sequential(
+        nn.Conv2d(1, 2, 3, stride=2), nn.MaxPool2d(2), nn.ReLU(), nn.Flatten(), nn.Linear(8, 3)
+    )
+    plan = _check(model, torch.randn(8, 1, 11, 11), alpha=10)
+    sign = hecnn.approx.composite_sign(10)
+    chains = [n for n in plan.nodes if isinstance(n, PolyNode)]
+    assert all(n.chebyshev for n in chains) and len(chains) == 3 * 3  # 2 rounds + ReLU
+    for first, last in zip(chains[0::3], chains[2::3], strict=True):
+        assert first.level_in - last.level_out == sign.depth == 10

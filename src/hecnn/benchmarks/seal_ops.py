@@ -20,6 +20,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from hecnn.ckks.params import CkksParameters
+from hecnn.compile.chebyshev import chebyshev_schedule, t_depth, t_factors
 from hecnn.compile.ir import AddNode, AffineNode, Plan, PolyNode
 from hecnn.compile.polyeval import feeding_powers, power_factors, schedule
 
@@ -179,8 +180,54 @@ def plan_op_counts(plan: Plan) -> Counter:
     return total
 
 
+def _chebyshev_ops(c: _Counter, n: PolyNode, cin: int) -> None:
+    """Mirror of :mod:`hecnn.runtime.chebyshev` (per feature, times the features)."""
+    f, top = n.features, n.level_in
+    if cin > 2:
+        c.add("relin", top, f)
+    sch = chebyshev_schedule(n.coeffs)
+    for k in sch.powers:  # T_k = 2·T_a·T_b − T_c
+        a, b, cc = t_factors(k)
+        at = top - t_depth(a)
+        c.add("square" if a == b else "mul", at, f)
+        c.add("add", at, f * 1.5)
+        c.add("relin", at, f)
+        c.add("rescale", at, f)
+        if cc:
+            c.add("mul_scalar", top - t_depth(cc), f)
+            c.add("rescale", top - t_depth(cc), f)
+            c.add("add", at - 1, f)
+
+    def walk(node, level: int) -> None:
+        if node is None:
+            return
+        if not node.giant:
+            lvls = {top - t_depth(k) for k in node.terms}
+            for k in node.terms:
+                c.add("mul_scalar", top - t_depth(k), f)
+            for lv in lvls:
+                c.add("rescale", lv, f)
+            c.add("add", level, f * max(len(node.terms) - 1, 0))
+            return
+        if node.quotient is None:
+            c.add("mul_scalar", top - t_depth(node.giant), f)
+            c.add("rescale", top - t_depth(node.giant), f)
+        else:
+            walk(node.quotient, level + 1)
+            c.add("mul", level + 1, f)
+            c.add("relin", level + 1, f)
+            c.add("rescale", level + 1, f)
+        walk(node.remainder, level)
+        c.add("add", level, f)
+
+    walk(sch.tree, top - sch.depth)
+
+
 def _poly_ops(c: _Counter, n: PolyNode, cin: int) -> None:
     """Mirror of the executor's polynomial evaluation (per feature, times the features)."""
+    if n.chebyshev:
+        _chebyshev_ops(c, n, cin)
+        return
     f = n.features
     lvl = n.level_in
     sch = schedule(n.coeffs, n.fold_leading)

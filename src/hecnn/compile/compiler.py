@@ -9,6 +9,7 @@ from torch import nn
 from hecnn.compile.ir import Plan, PolyNode
 from hecnn.compile.levels import (
     assign_levels,
+    assign_scale_factors,
     choose_parameters,
     input_node,
     plan_relinearization,
@@ -51,6 +52,7 @@ def compile_model(
     if fold_leading:
         nodes = fold_leading_coefficients(nodes, output)
     plan_relinearization(nodes, output, tail=relin_free_tail)
+    assign_scale_factors(nodes)
     depth = max(relative_depths(nodes).values())
     bound = DEFAULT_OUTPUT_BOUND
     warnings: list[str] = []

@@ -39,6 +39,9 @@ class Node:
     #: rescaling rounds c_i, and that rounding error is multiplied by s^i at decryption
     rescale: bool = True
     components: int = 2  # ciphertext components of this node's output (set by the compiler)
+    #: the output lands at scale Δ·scale_factor (affine and Chebyshev nodes): a producer whose
+    #: consumer evaluates T_k(x/r) lands at Δ/r, so reading it at Δ gives x/r for free
+    scale_factor: float = 1.0
     source: str = ""  # the torch module/function it came from, for messages and summaries
 
     @property
@@ -72,20 +75,45 @@ class AffineNode(Node):
 
 @dataclass
 class PolyNode(Node):
-    coeffs: np.ndarray | None = None  # (degree + 1, features), ascending powers
+    """y_f = p_f(x_f). ``basis="power"``: ``coeffs`` are ascending powers (trained activations);
+    ``basis="chebyshev"``: y_f = Σ_k coeffs[k, f]·T_k(x_f / radius), the numerically stable,
+    depth-optimal form used for high-degree composite sign components."""
+
+    coeffs: np.ndarray | None = None  # (degree + 1, features)
     fold_leading: bool = False  # output is p/c_d; c_d is folded into the consumer
     input_range: tuple[float, float] | None = None
     valid_range: tuple[float, float] | None = None
+    basis: str = "power"
+    radius: float = 1.0  # Chebyshev basis: the input interval is [−radius, radius]
 
     @property
     def degree(self) -> int:
         return self.coeffs.shape[0] - 1
 
     @property
+    def chebyshev(self) -> bool:
+        return self.basis == "chebyshev"
+
+    @property
     def depth(self) -> int:
+        if self.chebyshev:
+            from hecnn.compile.chebyshev import chebyshev_schedule
+
+            return chebyshev_schedule(self.coeffs).depth
         from hecnn.compile.polyeval import schedule
 
         return schedule(self.coeffs, self.fold_leading).depth if self.rescale else 0
+
+    @property
+    def products(self) -> int:
+        """Relinearized ciphertext products per feature."""
+        if self.chebyshev:
+            from hecnn.compile.chebyshev import chebyshev_schedule
+
+            return chebyshev_schedule(self.coeffs).products
+        from hecnn.compile.polyeval import schedule
+
+        return schedule(self.coeffs, self.fold_leading).relinearized_powers if self.rescale else 0
 
 
 @dataclass
@@ -137,13 +165,11 @@ class Plan:
 
     def relinearizations(self) -> dict[str, int]:
         """Ciphertexts relinearized per node (key switches; the dominant cost)."""
-        from hecnn.compile.polyeval import schedule
-
         out: dict[str, int] = {}
         for n in self.nodes:
             count = 0
-            if isinstance(n, PolyNode) and n.rescale:
-                count = schedule(n.coeffs, n.fold_leading).relinearized_powers * n.features
+            if isinstance(n, PolyNode):
+                count = n.products * n.features
             if n.relin_after:
                 count += n.features
             if isinstance(n, MulNode):  # 3-component factors are relinearized first
@@ -179,7 +205,8 @@ class Plan:
                 op, macs = f"affine ({nd.source})", f"{nd.macs:,}"
             elif isinstance(nd, PolyNode):
                 fold = ", lead folded" if nd.fold_leading else ""
-                op, macs = f"poly deg {nd.degree}{fold} ({nd.source})", "—"
+                kind = "chebyshev" if nd.chebyshev else "poly"
+                op, macs = f"{kind} deg {nd.degree}{fold} ({nd.source})", "—"
             else:
                 op, macs = type(nd).__name__.removesuffix("Node").lower(), "—"
             table.add_row(

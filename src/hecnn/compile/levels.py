@@ -49,6 +49,8 @@ def _multiplies(n: Node) -> bool:
         return True
     if not isinstance(n, PolyNode):
         return False
+    if n.chebyshev:
+        return n.degree >= 2
     return any(t.power >= 2 for t in schedule(n.coeffs, n.fold_leading).terms)
 
 
@@ -76,6 +78,8 @@ def rescale_free_tail(nodes: list[Node], output: str) -> tuple[PolyNode, PolyNod
         return None
     last, prev = mult[-1], mult[-2]
     if not isinstance(last, PolyNode) or not isinstance(prev, PolyNode):
+        return None
+    if last.chebyshev or prev.chebyshev:  # these relinearize every product themselves
         return None
     sch = schedule(last.coeffs, last.fold_leading)
     if sch.relinearized_powers or max(sch.powers) > 2:
@@ -141,6 +145,8 @@ def _count_components(nodes: list[Node]) -> None:
         c = max((comps[i] for i in n.inputs), default=2)
         if isinstance(n, MulNode):
             c = 3  # the executor relinearizes 3-component factors first
+        elif isinstance(n, PolyNode) and n.chebyshev:
+            c = 2  # every product is relinearized before its rescale
         elif _multiplies(n):
             if n.rescale:  # the executor relinearizes a 3-component input first
                 c = 3
@@ -149,6 +155,29 @@ def _count_components(nodes: list[Node]) -> None:
         if n.relin_after:
             c = 2
         comps[n.name] = n.components = c
+
+
+def assign_scale_factors(nodes: list[Node]) -> None:
+    """Let the producer of each Chebyshev polynomial's input land at Δ/radius.
+
+    A ciphertext of x at scale Δ/r read at scale Δ is a ciphertext of x/r: the division costs
+    no level, and the T_k(x/r) then keep scales ≈ Δ (reading x at Δ as x/r at Δ·r instead would
+    let T_k's scale grow like r^k and starve the scalars of precision). Affine and Chebyshev
+    producers whose other consumers are products can land anywhere; others keep Δ (and the
+    polynomial reads its input at scale·r).
+    """
+    by_name = {n.name: n for n in nodes}
+    users = consumers(nodes)
+    for n in nodes:
+        if not (isinstance(n, PolyNode) and n.chebyshev):
+            continue
+        src = by_name[n.inputs[0]]
+        chebyshev_src = isinstance(src, PolyNode) and src.chebyshev
+        # only where every other consumer is a product (indifferent to its factor's scale)
+        free = all(isinstance(c, MulNode) or c is n for c in users[src.name])
+        lands = (isinstance(src, AffineNode) and src.rescale) or chebyshev_src
+        if free and lands and src.scale_factor == 1.0:
+            src.scale_factor = 1.0 / n.radius
 
 
 def tail_scale_bits(nodes: list[Node], scale_bits: int) -> int:

@@ -64,7 +64,7 @@ def fold_leading_coefficients(nodes: list[Node], output: str) -> list[Node]:
     """Fold c_d of a polynomial into its only consumer when that consumer is affine."""
     users = consumers(nodes)
     for n in nodes:
-        if not isinstance(n, PolyNode) or n.name == output or n.degree < 2:
+        if not isinstance(n, PolyNode) or n.name == output or n.degree < 2 or n.chebyshev:
             continue
         lead = n.coeffs[-1]
         if np.any(lead == 0):

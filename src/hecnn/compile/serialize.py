@@ -78,6 +78,8 @@ def dumps_plan(plan: Plan) -> bytes:
             "components": int(n.components),
             "source": n.source,
         }
+        if n.scale_factor != 1.0:
+            entry["scale_factor"] = float(n.scale_factor)
         if isinstance(n, AffineNode):
             w = n.weights
             if w is None:
@@ -96,6 +98,8 @@ def dumps_plan(plan: Plan) -> bytes:
             entry["fold_leading"] = bool(n.fold_leading)
             entry["input_range"] = _pair_out(n.input_range)
             entry["valid_range"] = _pair_out(n.valid_range)
+            if n.chebyshev:
+                entry["basis"], entry["radius"] = "chebyshev", float(n.radius)
             arrays[f"n{i}.coeffs"] = np.asarray(n.coeffs, dtype="<f8")
         nodes.append(entry)
     meta = {
@@ -179,6 +183,12 @@ def _shape(v: Any, what: str) -> tuple[int, ...]:
     if math.prod(shape) > MAX_FEATURES:
         raise SerializationError(f"malformed plan: {what} {shape} exceeds {MAX_FEATURES} features")
     return shape
+
+
+def _positive(v: Any, what: str) -> float:
+    if isinstance(v, bool) or not isinstance(v, int | float) or not 0 < v < float("inf"):
+        raise SerializationError(f"malformed plan: {what} must be a positive number")
+    return float(v)
 
 
 def _pair_in(v: Any, what: str) -> tuple[float, float] | None:
@@ -271,6 +281,7 @@ def _build(spec: dict, arrs: dict, params) -> Plan:
             "level_out": _int(e.get("level_out"), 0, top, f"node {name!r} level_out"),
             "relin_after": relin,
             "source": _text(e.get("source"), f"node {name!r} source"),
+            "scale_factor": _positive(e.get("scale_factor", 1.0), f"node {name!r} scale_factor"),
         }
         feats = math.prod(common["shape"])
         in_feats = [by_name[x].features for x in inputs]
@@ -298,12 +309,18 @@ def _build(spec: dict, arrs: dict, params) -> Plan:
             fold = e.get("fold_leading")
             if not isinstance(fold, bool):
                 raise SerializationError(f"malformed plan: node {name!r} fold_leading flag")
+            basis = e.get("basis", "power")
+            radius = _positive(e.get("radius", 1.0), f"node {name!r} radius")
+            if basis not in ("power", "chebyshev"):
+                raise SerializationError(f"malformed plan: node {name!r} basis {basis!r}")
             node = PolyNode(
                 **common,
                 coeffs=coeffs,
                 fold_leading=fold,
                 input_range=_pair_in(e.get("input_range"), "input_range"),
                 valid_range=_pair_in(e.get("valid_range"), "valid_range"),
+                basis=basis,
+                radius=radius,
             )
         elif op in ("add", "mul"):
             if in_feats != [feats, feats]:

@@ -34,6 +34,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from hecnn.ckks.linear import BlockSparseWeights, WeightBlock
+from hecnn.compile.chebyshev import chebyshev_schedule
 from hecnn.compile.ir import AffineNode, InputNode, Node, Plan, PolyNode
 from hecnn.compile.polyeval import schedule
 from hecnn.errors import ParameterError
@@ -327,10 +328,17 @@ def working_bytes(plan: Plan, n: Node, features: int) -> int:
         return features * AFFINE_OUTPUT_COPIES * pre
     out = ct_bytes(plan, n.components, n.level_out)
     if isinstance(n, PolyNode):
-        live = len(schedule(n.coeffs, n.fold_leading).powers) + 2
+        live = _live_powers(n) + 2
         temps = live * ct_bytes(plan, max(3, n.components), n.level_in)
         return features * out + min(features, PIECE) * temps
     return features * OTHER_OUTPUT_COPIES * out
+
+
+def _live_powers(n: PolyNode) -> int:
+    """Powers (or Chebyshev T_k) a polynomial holds at once while it is evaluated."""
+    if n.chebyshev:
+        return len(chebyshev_schedule(n.coeffs).powers) + 1
+    return len(schedule(n.coeffs, n.fold_leading).powers)
 
 
 def simulate_segment(

@@ -28,6 +28,7 @@ from torch.fx.passes.shape_prop import ShapeProp
 
 from hecnn.approx.modules import CompositeMaxPool2d, CompositeReLU
 from hecnn.ckks.linear import BlockSparseWeights
+from hecnn.compile.chebyshev import to_chebyshev
 from hecnn.compile.ir import AddNode, AffineNode, ConcatNode, InputNode, MulNode, Node, PolyNode
 from hecnn.errors import UnsupportedLayerError
 from hecnn.nn.activations import PolyActivation
@@ -190,26 +191,43 @@ def _poly_coeffs(m: PolyActivation, shape) -> np.ndarray:
     return c.reshape(deg + 1, feats)
 
 
+#: widening of a composite stage's input interval beyond 1 + δ: room for CKKS noise
+STAGE_MARGIN = 1.01
+
+
 def _sign_chain(name: str, x: str, shape, sign, scale: float, label: str) -> list[Node]:
-    """PolyNodes for 1 + P(x·scale), P = p_k∘…∘p_1 (the scale rides on p_1's coefficients)."""
+    """Chebyshev-basis PolyNodes for 1 + P(x·scale), P = p_k∘…∘p_1.
+
+    p_1 reads x on [−1/scale, 1/scale]; p_i (i ≥ 2) reads the previous stage's output, which
+    stays within 1 + δ_(i−1) of ±1 (the previous stage's minimax error), so its interval is
+    [−(1 + δ), 1 + δ] widened by a small margin for CKKS noise. Chebyshev coefficients stay
+    O(1) where the power-basis ones of these components reach 10⁵ (see
+    :mod:`hecnn.compile.chebyshev`).
+    """
     feats = int(np.prod(shape))
     comps = sign.components
     nodes: list[Node] = []
     prev = x
     for i, comp in enumerate(comps):
-        c = np.asarray(comp, dtype=np.float64).copy()
         if i == 0:
-            c = c * scale ** np.arange(len(c))
+            radius = 1.0 / scale
+            cheb = to_chebyshev(np.asarray(comp, dtype=np.float64), 1.0)
+        else:
+            delta = sign.stage_errors[i - 1] if len(sign.stage_errors) >= i else 1.0
+            radius = (1.0 + delta) * STAGE_MARGIN
+            cheb = to_chebyshev(np.asarray(comp, dtype=np.float64), radius)
         if i == len(comps) - 1:
-            c[0] += 1.0
+            cheb[0] += 1.0
         node = PolyNode(
             f"{name}.p{i + 1}",
             (prev,),
             shape,
-            source=f"{label} p{i + 1} (degree {len(c) - 1})",
-            coeffs=np.repeat(c[:, None], feats, axis=1),
-            input_range=(-1.0 / scale, 1.0 / scale) if i == 0 else (-1.0, 1.0),
-            valid_range=(-1.0 / scale, 1.0 / scale) if i == 0 else None,
+            source=f"{label} p{i + 1} (degree {len(cheb) - 1})",
+            coeffs=np.repeat(cheb[:, None], feats, axis=1),
+            input_range=(-radius, radius),
+            valid_range=(-radius, radius) if i == 0 else None,
+            basis="chebyshev",
+            radius=radius,
         )
         nodes.append(node)
         prev = node.name

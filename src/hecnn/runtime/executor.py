@@ -17,6 +17,7 @@ import numpy as np
 from hecnn.ckks.batch import CiphertextBatch
 from hecnn.ckks.keys import EvaluationKeys
 from hecnn.ckks.linear import BlockSparseWeights
+from hecnn.compile.chebyshev import chebyshev_schedule
 from hecnn.compile.ir import AddNode, AffineNode, ConcatNode, InputNode, MulNode, Plan, PolyNode
 from hecnn.compile.levels import TAIL_WEIGHT_BITS
 from hecnn.compile.polyeval import feeding_powers, power_factors, schedule
@@ -28,6 +29,7 @@ from hecnn.compile.streaming import (
     plan_streaming,
 )
 from hecnn.errors import LevelError, ParameterError, ShapeError
+from hecnn.runtime.chebyshev import evaluate_chebyshev
 from hecnn.runtime.memory import file_mapping, peak_rss, reset_peak_rss
 from hecnn.runtime.streaming import run_segment
 
@@ -199,7 +201,7 @@ def _weight_scale(n: AffineNode, x: CiphertextBatch) -> float:
         return 2.0**TAIL_WEIGHT_BITS
     if x.level < 1 or x.level <= x.params.min_level:
         raise LevelError(f"{n.name}: no level left for an affine layer")
-    return x.params.scale * float(x.ctx.primes[x.level]) / x.scale
+    return x.params.scale * n.scale_factor * float(x.ctx.primes[x.level]) / x.scale
 
 
 def _affine(
@@ -240,7 +242,7 @@ def _poly(
     x's features, when x holds only some of them), :data:`POLY_CHUNK` at a time, written into
     one output array."""
     coeffs = n.coeffs if coeffs is None else coeffs
-    evaluate = _poly_chunk if n.rescale else _poly_tail
+    evaluate = _chebyshev if n.chebyshev else _poly_chunk if n.rescale else _poly_tail
     if len(x) <= POLY_CHUNK:
         return evaluate(n, x, coeffs, keys)
     out, first = None, None
@@ -251,6 +253,19 @@ def _poly(
             out = np.empty((len(x), *y.data.shape[1:]), dtype=np.int32)
         out[s : s + len(y)] = y.data
     return CiphertextBatch(x.ctx, out, first.scale)
+
+
+def _chebyshev(
+    n: PolyNode, x: CiphertextBatch, coeffs: np.ndarray, keys: EvaluationKeys
+) -> CiphertextBatch:
+    return evaluate_chebyshev(
+        x,
+        coeffs,
+        n.radius,
+        keys,
+        schedule=chebyshev_schedule(n.coeffs),
+        target_scale=x.params.scale * n.scale_factor,
+    )
 
 
 def _poly_tail(

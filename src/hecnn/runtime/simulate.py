@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from hecnn.compile.chebyshev import evaluate as chebyshev_values
 from hecnn.compile.ir import AddNode, AffineNode, ConcatNode, InputNode, MulNode, Plan, PolyNode
 
 
@@ -24,6 +25,8 @@ def simulate(plan: Plan, images: np.ndarray) -> np.ndarray:
             for b in n.weights.blocks:
                 out[b.out_idx] += b.weights @ v[b.in_idx]
             vals[n.name] = out + n.bias[:, None]
+        elif isinstance(n, PolyNode) and n.chebyshev:
+            vals[n.name] = chebyshev_values(n.coeffs, vals[n.inputs[0]] / n.radius)
         elif isinstance(n, PolyNode):
             v = vals[n.inputs[0]]
             acc = np.zeros_like(v)
