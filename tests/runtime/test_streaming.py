@@ -176,3 +176,17 @@ def test_release_rows_drops_pages_but_keeps_the_data(tmp_path):
     assert release_rows(mapped, np.r_[3:9, 20]) >= 7 * 16384 - 2 * 4096
     assert np.array_equal(mapped, rows)  # paged back in from the file
     assert release_rows(rows, np.arange(64)) == 0  # ordinary memory is never touched
+
+
+def test_unstreamed_affine_in_pieces_equals_the_whole_product():
+    """A wide unstreamed affine node is computed AFFINE_PIECE outputs at a time: bit-identical
+    to one product over all its rows (one encoding exponent for all pieces)."""
+    from hecnn.compile.ir import AffineNode
+    from hecnn.compile.streaming import AFFINE_PIECE
+    from hecnn.runtime.executor import _affine, _affine_pieces
+
+    plan, ctx, sk, evk, ct, ref = _setup(Expand(), (1, 6, 6))
+    first = next(n for n in plan.nodes if isinstance(n, AffineNode))
+    assert first.features > AFFINE_PIECE
+    pieces, whole = _affine_pieces(first, ct, evk), _affine(first, ct, evk)
+    assert pieces.scale == whole.scale and np.array_equal(pieces.data, whole.data)

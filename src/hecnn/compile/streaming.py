@@ -49,12 +49,15 @@ DEFAULT_MEMORY_FRACTION = 0.6
 AFFINE_OUTPUT_COPIES = 3
 OTHER_OUTPUT_COPIES = 2
 #: smallest chunk tried when shrinking chunks to fit a budget
-MIN_CHUNK = 32
+MIN_CHUNK = 8
 #: features the head and the polynomials of a segment compute at once (bounds their
 #: temporaries); the chunk — what a streamed affine node receives at once — may be larger:
 #: each delivery to an affine node costs one modular reduction of every row block it reaches,
 #: so fewer, larger deliveries are cheaper
 PIECE = 256
+#: outputs an unstreamed affine node computes at once (its pre-rescale products are the
+#: largest temporaries of a wide layer at a high level)
+AFFINE_PIECE = 16
 
 
 def piece_size(chunk: int) -> int:
@@ -334,6 +337,14 @@ def working_bytes(plan: Plan, n: Node, features: int) -> int:
     return features * OTHER_OUTPUT_COPIES * out
 
 
+def _unstreamed_bytes(plan: Plan, n: Node) -> int:
+    """What an unstreamed node holds beyond its inputs: an affine node with a rescale is computed
+    :data:`AFFINE_PIECE` outputs at a time into its output array (see the executor)."""
+    if isinstance(n, AffineNode) and n.rescale and n.features > AFFINE_PIECE:
+        return output_bytes(plan, n) + working_bytes(plan, n, AFFINE_PIECE)
+    return working_bytes(plan, n, n.features)
+
+
 def _live_powers(n: PolyNode) -> int:
     """Powers (or Chebyshev T_k) a polynomial holds at once while it is evaluated."""
     if n.chebyshev:
@@ -476,7 +487,7 @@ def memory_profile(
             out_name, out_bytes, inputs = sink.name, output_bytes(plan, sink), n.inputs
         else:
             out_bytes = output_bytes(plan, n)
-            here = sum(live.values()) + working_bytes(plan, n, n.features)
+            here = sum(live.values()) + _unstreamed_bytes(plan, n)
             if input_on_disk and source in n.inputs:
                 here += source_bytes  # read whole: paged in
             out_name, inputs = n.name, n.inputs

@@ -292,7 +292,8 @@ def _composite_maxpool(name: str, x: str, in_shape, out_shape, m, label: str) ->
             shape=(nkeep * feats, src_feats),
         )
         twob.bias = np.zeros(nkeep * feats)
-        nodes += [d, *chain, prod, twob]
+        # 2b before the chain: the round's input is then freed before the chain's temporaries
+        nodes += [d, twob, *chain, prod]
         if odd is None:
             out = AddNode(f"{name}.r{r}", (twob.name, prod.name), (npair * feats,), source=label)
             nodes.append(out)

@@ -16,21 +16,24 @@ import numpy as np
 
 from hecnn.ckks.batch import CiphertextBatch
 from hecnn.ckks.keys import EvaluationKeys
-from hecnn.ckks.linear import BlockSparseWeights
+from hecnn.ckks.linear import BlockSparseWeights, encoding_exponent
 from hecnn.compile.chebyshev import chebyshev_schedule
 from hecnn.compile.ir import AddNode, AffineNode, ConcatNode, InputNode, MulNode, Plan, PolyNode
 from hecnn.compile.levels import TAIL_WEIGHT_BITS
 from hecnn.compile.polyeval import feeding_powers, power_factors, schedule
 from hecnn.compile.streaming import (
+    AFFINE_PIECE,
     PIECE,
     StreamingSchedule,
     default_memory_budget,
+    head_chunks,
+    input_rows,
     memory_profile,
     plan_streaming,
 )
 from hecnn.errors import LevelError, ParameterError, ShapeError
 from hecnn.runtime.chebyshev import evaluate_chebyshev
-from hecnn.runtime.memory import file_mapping, peak_rss, reset_peak_rss
+from hecnn.runtime.memory import file_mapping, peak_rss, release_rows, reset_peak_rss
 from hecnn.runtime.streaming import run_segment
 
 #: features evaluated together in a polynomial node (bounds the 3-component temporaries; the
@@ -155,7 +158,7 @@ def run(
                 if isinstance(n, InputNode):
                     out = inputs
                 elif isinstance(n, AffineNode):
-                    out = _affine(n, vals[n.inputs[0]], keys)
+                    out = _affine_pieces(n, vals[n.inputs[0]], keys)
                 elif isinstance(n, PolyNode):
                     out = _poly(n, vals[n.inputs[0]], keys)
                 elif isinstance(n, AddNode):
@@ -219,6 +222,33 @@ def _affine(
     extra = {} if exponent is None else {"exponent": exponent}  # streamed pieces share it
     y = x.linear_combination(weights, bias=bias, weight_scale=_weight_scale(n, x), **extra)
     return y.rescale() if n.rescale else y
+
+
+def _affine_pieces(n: AffineNode, x: CiphertextBatch, keys: EvaluationKeys) -> CiphertextBatch:
+    """An unstreamed affine node computed :data:`AFFINE_PIECE` outputs at a time into one
+    output array: the pre-rescale products (input components at the input level, several
+    copies) exist for one piece only. One encoding exponent for all pieces keeps the result
+    bit-identical to the whole-node product; rows of an input mapped from a file are released
+    after their last piece."""
+    if type(x) is not CiphertextBatch or not n.rescale or n.features <= AFFINE_PIECE:
+        return _affine(n, x, keys)
+    exponent = encoding_exponent(n.weights, _weight_scale(n, x))
+    pieces = list(head_chunks(n, AFFINE_PIECE))
+    last_use = None
+    if file_mapping(x.data) is not None:
+        last_use = np.full(len(x), -1, dtype=np.int64)
+        for k, hc in enumerate(pieces):
+            last_use[input_rows(hc)] = k
+    out, scale = None, 0.0
+    for k, hc in enumerate(pieces):
+        bias = None if n.bias is None else n.bias[hc.idx]
+        y = _affine(n, x, keys, hc.weights, bias, exponent)
+        if out is None:
+            out, scale = np.empty((n.features, *y.data.shape[1:]), dtype=np.int32), y.scale
+        out[hc.idx] = y.data
+        if last_use is not None:
+            release_rows(x.data, np.flatnonzero(last_use == k))
+    return CiphertextBatch(x.ctx, out, scale)
 
 
 def _mul_to_scale(
