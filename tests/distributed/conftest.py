@@ -83,10 +83,11 @@ def _stop(procs: list[subprocess.Popen]) -> None:
             q.kill()
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def cluster():
     """Address of a head and two one-CPU worker nodes on 127.0.0.1; the test process is
-    connected to it as the driver. Yields (address, worker node processes)."""
+    connected to it as the driver. Yields (address, worker node processes). One per session:
+    Ray reads its authentication token once per process."""
     # the cluster's own authentication token (Ray ≥ 2.5x enables token auth by default; the
     # one in ~/.ray is shared with every other Ray user of this machine)
     saved = {k: os.environ.get(k) for k in ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN")}
@@ -98,37 +99,34 @@ def cluster():
     temp = tempfile.mkdtemp(prefix="rh", dir="/tmp")  # short: Ray's socket paths must fit
     common = ["--block", "--node-ip-address=127.0.0.1", "--disable-usage-stats"]
     procs: list[subprocess.Popen] = []
-    log = open(Path(temp) / "start.log", "w")  # noqa: SIM115 - closed after teardown
-    try:
-        procs.append(
-            subprocess.Popen(
-                [
-                    *(_ray_cli(), "start", "--head", f"--port={port}", "--num-cpus=0"),
-                    *("--include-dashboard=false", "--object-store-memory=150000000"),
-                    *(f"--temp-dir={temp}", *common),
-                ],
-                stdout=log,
-                stderr=subprocess.STDOUT,
-            )
+    log_path = Path(temp) / "start.log"
+    log = open(log_path, "w")  # noqa: SIM115 - closed after teardown
+
+    def start(*args: str) -> subprocess.Popen:
+        p = subprocess.Popen(
+            [_ray_cli(), "start", *args, *common], stdout=log, stderr=subprocess.STDOUT
         )
-        _wait_port(port, procs[0])
-        for _ in range(2):
-            procs.append(
-                subprocess.Popen(
-                    [
-                        *(_ray_cli(), "start", f"--address={address}", "--num-cpus=1"),
-                        *("--object-store-memory=100000000", *common),
-                    ],
-                    stdout=log,
-                    stderr=subprocess.STDOUT,
-                )
-            )
+        procs.append(p)
+        return p
+
+    try:
+        head = start(
+            *(f"--port={port}", "--head", "--num-cpus=0", "--include-dashboard=false"),
+            *("--object-store-memory=150000000", f"--temp-dir={temp}"),
+        )
+        _wait_port(port, head)
         ray.init(address=address, log_to_driver=False)
-        deadline = time.monotonic() + START_TIMEOUT
-        while ray.cluster_resources().get("CPU", 0) < 2:
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"worker nodes did not join: {Path(temp, 'start.log')}")
-            time.sleep(0.5)
+        # worker nodes one at a time (two joining at once on busy cores can miss Ray's
+        # registration deadline); a node that fails to join is started again
+        for cpus in (1, 2):
+            for _attempt in range(3):
+                node = start(
+                    f"--address={address}", "--num-cpus=1", "--object-store-memory=80000000"
+                )
+                if _joined(ray, cpus, node):
+                    break
+            else:
+                raise RuntimeError(f"a worker node did not join; see {log_path}")
         yield address, procs[1:]
     finally:
         with contextlib.suppress(Exception):
@@ -140,6 +138,18 @@ def cluster():
                 os.environ.pop(k, None)
             else:
                 os.environ[k] = v
+
+
+def _joined(ray, cpus: int, node: subprocess.Popen) -> bool:
+    """Wait until the cluster has ``cpus`` CPUs (True) or ``node`` gave up (False)."""
+    deadline = time.monotonic() + START_TIMEOUT
+    while time.monotonic() < deadline:
+        if ray.cluster_resources().get("CPU", 0) >= cpus:
+            return True
+        if node.poll() is not None:
+            return False
+        time.sleep(0.3)
+    return False
 
 
 def _wait_port(port: int, head: subprocess.Popen) -> None:

@@ -59,11 +59,13 @@ class Slice:
 
 @dataclass
 class NodeSplit:
-    """A node's slices and the estimated bytes of its largest one."""
+    """A node's slices (``count`` asked for; an affine node's follow its weight blocks, so
+    there may be a few more) and the estimated bytes of its largest one."""
 
     node: str
     slices: list[Slice]
     peak: int
+    count: int = 1
 
 
 @dataclass
@@ -168,5 +170,5 @@ def plan_split(plan: Plan, budget: int, *, slices: int | None = None) -> SplitSc
             if slices is not None or peak <= budget or count >= n.features:
                 break
             count *= 2
-        out.nodes[n.name] = NodeSplit(n.name, parts, peak)
+        out.nodes[n.name] = NodeSplit(n.name, parts, peak, count)
     return out
