@@ -67,6 +67,7 @@ def run_scale(
     batch: int = 4096,
     address: str = "local",
     cpus_per_task: int = 1,
+    split_memory: int = 0,
     insecure_ring_for_tests: int | None = None,
     log=print,
 ) -> ScaleResult:
@@ -122,6 +123,8 @@ def run_scale(
         one_stats = ex.last
         many = ex.run_many(cts, evk, concurrency=workers)
         many_stats = ex.last
+        if split_memory:
+            _split_row(ex, cts[0], evk, many[0], split_memory, log)
     finally:
         ex.close()
     identical = all(
@@ -181,3 +184,21 @@ def run_scale(
         f"speedup={result.speedup:.2f}"
     )
     return result
+
+
+def _split_row(ex, ct, evk, whole, memory: int, log) -> None:
+    """Batch 1 again with its layers split for ``memory`` bytes per task: slices, time, bytes
+    moved between tasks; the result must equal the whole-batch task's bit for bit."""
+    sched = ex.split_schedule(memory=memory)
+    out = ex.run_split(ct, evk, memory=memory)
+    st = ex.last
+    same = np.array_equal(out.data, whole.data) and out.scale == whole.scale
+    log(f"layer split for {_mib(memory)} MiB per task: {sched.describe()}")
+    log(
+        f"  {len(st.tasks)} tasks in {st.wall_seconds:.2f} s (sum of task times "
+        f"{sum(t.seconds for t in st.tasks):.2f} s); bytes read by tasks "
+        f"{_mib(st.bytes_in)} MiB, written {_mib(st.bytes_out)} MiB; equal to the whole-batch "
+        f"task: {same}"
+    )
+    if not same:
+        raise HecnnError("the split run disagrees with the whole-batch run")

@@ -112,6 +112,9 @@ def bench_scale(
     batch: int = typer.Option(4096, help="Images per batch (the compiler picks N ≥ 2·batch)."),
     ray: str = typer.Option("local", "--ray", help="Cluster: HOST:PORT, auto, or local."),
     cpus_per_task: int = typer.Option(1, help="CPUs (and kernel threads) per task."),
+    split_memory_mib: int = typer.Option(
+        0, help="Also run batch 1 with its layers split for this many MiB per task."
+    ),
     insecure_ring_for_tests: int = typer.Option(
         None, help="TEST ONLY: force a ring degree below 128-bit security."
     ),
@@ -127,5 +130,6 @@ def bench_scale(
         batch=batch,
         address=ray,
         cpus_per_task=cpus_per_task,
+        split_memory=split_memory_mib << 20,
         insecure_ring_for_tests=insecure_ring_for_tests,
     )

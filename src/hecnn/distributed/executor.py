@@ -241,9 +241,10 @@ class RayExecutor:
         return outs
 
     # -- layer split ----------------------------------------------------------------------------
-    def split_schedule(self, slices: int | None = None) -> SplitSchedule:
-        """How :meth:`run_split` cuts the plan for this cluster's worker memory."""
-        return plan_split(self.plan, self.worker_memory, slices=slices)
+    def split_schedule(self, slices: int | None = None, memory: int | None = None) -> SplitSchedule:
+        """How :meth:`run_split` cuts the plan for ``memory`` bytes per task (default: this
+        cluster's worker memory)."""
+        return plan_split(self.plan, memory or self.worker_memory, slices=slices)
 
     def run_split(
         self,
@@ -251,14 +252,15 @@ class RayExecutor:
         keys: EvaluationKeys,
         *,
         slices: int | None = None,
+        memory: int | None = None,
         progress: ProgressFn | None = None,
     ) -> CiphertextBatch:
         """One batch with every layer split into slices (``slices`` forces their number per
-        node; default: from the memory estimate). Equal to :func:`hecnn.runtime.run` bit for
-        bit."""
+        node; default: from the memory estimate for ``memory`` bytes per task). Equal to
+        :func:`hecnn.runtime.run` bit for bit."""
         self._check(inputs, keys)
         plan = self.plan
-        sched = self.split_schedule(slices)
+        sched = self.split_schedule(slices, memory)
         keys_ref, keys_bytes = self.keys_ref(keys)
         stats = JobStats(shared_bytes=self.plan_bytes + keys_bytes)
         t0 = time.perf_counter()
