@@ -54,3 +54,13 @@ def test_infer_with_ray_writes_the_same_ciphertexts(cluster, tmp_path):
     assert "Ray cluster" in r.output
     assert run(app, [*common, "--out", str(tmp_path / "plain")]).exit_code == 0
     assert (tmp_path / "local").read_bytes() == (tmp_path / "plain").read_bytes()
+
+
+def test_serve_refuses_an_unknown_executor_before_loading_anything(tmp_path):
+    from hecnn.cli.main import _register, app
+    from hecnn.errors import HecnnError
+
+    _register()
+    r = CliRunner().invoke(app, ["serve", "--executor", "cluster", "--state-dir", str(tmp_path)])
+    assert isinstance(r.exception, HecnnError)
+    assert "--executor is local or ray" in str(r.exception)

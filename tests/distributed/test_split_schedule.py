@@ -59,3 +59,15 @@ def test_bad_budgets_and_slice_counts_are_refused(plan):
         plan_split(plan, 0)
     with pytest.raises(ParameterError):
         plan_split(plan, 1 << 30, slices=0)
+
+
+def test_a_dense_layer_is_not_cut_into_slices_that_each_read_its_whole_input(plan):
+    fc = plan.node(plan.output)
+    assert isinstance(fc, AffineNode)
+    reads = plan_split(plan, 1 << 40).nodes[fc.name].peak
+    sched = plan_split(plan, reads // 4)  # below the bytes of its input alone
+    split = sched.nodes[fc.name]
+    assert not sched.fits  # said, not hidden
+    assert split.count < fc.features  # stopped where finer slices no longer shrink
+    half = node_slices(plan, fc, split.count * 2)
+    assert max(slice_bytes(plan, fc, s) for s in half) > 0.9 * split.peak

@@ -45,6 +45,11 @@ from hecnn.compile.streaming import (
 )
 from hecnn.errors import ParameterError
 
+#: a node is cut finer only while that shrinks its largest slice below this share: a dense
+#: layer's slices each read the whole input, so cutting it finer multiplies the bytes moved
+#: while its peak stays that of the input (the schedule then says it does not fit)
+SHRINK = 0.9
+
 
 @dataclass(frozen=True)
 class Slice:
@@ -153,8 +158,10 @@ def slice_bytes(plan: Plan, n: Node, s: Slice) -> int:
 
 def plan_split(plan: Plan, budget: int, *, slices: int | None = None) -> SplitSchedule:
     """Each node's split: the fewest slices (doubling) whose largest fits ``budget`` bytes, or
-    ``slices`` per node when given (tests, benchmarks). A node that fits nowhere even one
-    ciphertext per slice keeps its finest split; the schedule says it does not fit."""
+    ``slices`` per node when given (tests, benchmarks). A node that cannot fit — its slices'
+    reads alone exceed the budget, or one output per slice does not fit — stops where cutting
+    finer no longer shrinks its largest slice (:data:`SHRINK`); the schedule says it does not
+    fit, and the run goes ahead over budget."""
     if budget <= 0:
         raise ParameterError(f"memory budget must be positive, got {budget} bytes")
     if slices is not None and slices < 1:
@@ -164,11 +171,13 @@ def plan_split(plan: Plan, budget: int, *, slices: int | None = None) -> SplitSc
         if isinstance(n, InputNode):
             continue
         count = slices or 1
-        while True:
-            parts = node_slices(plan, n, count)
-            peak = max(slice_bytes(plan, n, s) for s in parts)
-            if slices is not None or peak <= budget or count >= n.features:
-                break
-            count *= 2
+        parts = node_slices(plan, n, count)
+        peak = max(slice_bytes(plan, n, s) for s in parts)
+        while slices is None and peak > budget and count < n.features:
+            finer = node_slices(plan, n, 2 * count)
+            finer_peak = max(slice_bytes(plan, n, s) for s in finer)
+            if finer_peak > SHRINK * peak:
+                break  # the slices' reads dominate (a dense layer): more of them only cost
+            count, parts, peak = 2 * count, finer, finer_peak
         out.nodes[n.name] = NodeSplit(n.name, parts, peak, count)
     return out
