@@ -58,6 +58,17 @@ def test_four_batches_equal_the_single_process_runtime(cluster, job, reference):
     assert all(t.bytes_in == stats.tasks[0].bytes_in for t in stats.tasks)
 
 
+def test_uploaded_bytes_are_forwarded_as_they_are(cluster, job, reference):
+    from hecnn.ckks import serialize
+
+    address, _ = cluster
+    _, plan, _, _, evk, batches = job
+    ex = RayExecutor(plan, address)
+    outs = ex.run_many([serialize.dumps(ct) for _, ct in batches[:2]], evk)
+    for out, ref in zip(outs, reference[:2], strict=True):
+        _same(out, ref)
+
+
 def test_keys_are_put_once_per_key_set(cluster, job):
     address, _ = cluster
     _, plan, _, _, evk, _ = job

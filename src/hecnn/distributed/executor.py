@@ -33,6 +33,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from hecnn.ckks.batch import CiphertextBatch
+from hecnn.ckks.context import CkksContext
 from hecnn.ckks.keys import EvaluationKeys
 from hecnn.compile.ir import ConcatNode, InputNode, Plan
 from hecnn.compile.streaming import plan_streaming
@@ -70,6 +71,8 @@ class JobStats:
     shared_bytes: int = 0
     tasks: list[TaskStats] = field(default_factory=list)
     wall_seconds: float = 0.0
+    #: the driver's own time handing batches over (encoding them, putting them in the store)
+    driver_seconds: float = 0.0
 
     @property
     def bytes_in(self) -> int:
@@ -183,7 +186,7 @@ class RayExecutor:
     # -- data parallel --------------------------------------------------------------------------
     def run_many(
         self,
-        batches: Iterable[CiphertextBatch],
+        batches: Iterable[CiphertextBatch | bytes],
         keys: EvaluationKeys,
         *,
         progress: ProgressFn | None = None,
@@ -191,6 +194,9 @@ class RayExecutor:
         tick: Callable[[], None] | None = None,
     ) -> list[CiphertextBatch]:
         """Every batch as its own task; results in the order of ``batches``.
+
+        A batch may be given as the HECN bytes a client uploaded: it is forwarded as it is
+        (no decoding and re-encoding here; the worker validates it as any upload).
 
         ``concurrency`` bounds the tasks in flight (the batches are put as they are submitted,
         so a long job never holds all its inputs at once); ``progress(name, done, total)`` is
@@ -212,11 +218,18 @@ class RayExecutor:
             while done < total:
                 while submitted < total and len(pending) < limit:
                     b = batches[submitted]
-                    self._check(b, keys)
-                    ctx = ctx or b.ctx
+                    t1 = time.perf_counter()
+                    if isinstance(b, CiphertextBatch):
+                        self._check(b, keys)
+                        ctx = ctx or b.ctx
+                        wire = pack_batch(b)
+                    else:
+                        wire = np.frombuffer(b, dtype=np.uint8)
                     meta, blob = self._tasks.run_batch.options(
                         num_cpus=self.cpus_per_task, max_retries=self.retries
-                    ).remote(self.plan_ref, keys_ref, pack_batch(b), self.worker_memory)
+                    ).remote(self.plan_ref, keys_ref, wire, self.worker_memory)
+                    del wire
+                    stats.driver_seconds += time.perf_counter() - t1
                     metas[submitted], blobs[submitted] = meta, blob
                     pending[meta] = submitted
                     batches[submitted] = None  # the object store holds it now
@@ -231,6 +244,7 @@ class RayExecutor:
                     if progress:
                         progress(f"batch {i + 1}", done, total)
             records = self._get(metas, "the job")
+            ctx = ctx or CkksContext(self.plan.params)
             outs = [open_batch(blob, ctx) for blob in self._get(blobs, "the job")]
         except BaseException:
             self._cancel([*metas, *blobs])
