@@ -124,6 +124,7 @@ class RayExecutor:
         self.plan_bytes = int(blob.nbytes)
         self._keys: OrderedDict[bytes, tuple[object, int]] = OrderedDict()
         self.last: JobStats | None = None
+        self._needs_split: bool | None = None
 
     # -- shared objects -------------------------------------------------------------------------
     def keys_ref(self, keys: EvaluationKeys) -> tuple[object, int]:
@@ -149,8 +150,11 @@ class RayExecutor:
 
     # -- one batch ------------------------------------------------------------------------------
     def needs_split(self) -> bool:
-        """Whether one batch's streamed run exceeds a worker's memory."""
-        return not plan_streaming(self.plan, self.worker_memory).fits
+        """Whether one batch's streamed run exceeds a worker's memory (decided once: the plan
+        and the budget do not change)."""
+        if self._needs_split is None:
+            self._needs_split = not plan_streaming(self.plan, self.worker_memory).fits
+        return self._needs_split
 
     def run(
         self,
