@@ -64,3 +64,54 @@ def test_serve_refuses_an_unknown_executor_before_loading_anything(tmp_path):
     r = CliRunner().invoke(app, ["serve", "--executor", "cluster", "--state-dir", str(tmp_path)])
     assert isinstance(r.exception, HecnnError)
     assert "--executor is local or ray" in str(r.exception)
+
+
+def test_hecnn_serve_with_the_ray_executor_answers_a_client(cluster, job, tmp_path):
+    """``hecnn serve PLAN --executor ray --ray-address ADDRESS`` as a real process (a second
+    driver of the cluster): a client's job runs there and decrypts to the plaintext logits."""
+    import os
+    import queue
+    import re
+    import subprocess
+    import sys
+    import threading
+
+    from hecnn.compile import save_plan
+
+    address, _ = cluster
+    model, plan, *_ = job
+    save_plan(plan, tmp_path / "plan.hecnn")
+    cmd = [sys.executable, "-c", "from hecnn.cli import main; main()", "serve"]
+    cmd += [str(tmp_path / "plan.hecnn"), "--executor", "ray", "--ray-address", address]
+    cmd += ["--allow-insecure-test-only", "--host", "127.0.0.1", "--port", "0"]
+    cmd += ["--state-dir", str(tmp_path / "state")]
+    proc = subprocess.Popen(
+        cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=dict(os.environ)
+    )
+    lines: queue.Queue[str | None] = queue.Queue()
+    threading.Thread(
+        target=lambda: [lines.put(x) for x in proc.stdout] + [lines.put(None)], daemon=True
+    ).start()
+    try:
+        seen, url = [], None
+        while url is None:
+            line = lines.get(timeout=180)  # a hang guard, not a speed assertion
+            assert line is not None, "".join(seen)
+            seen.append(line)
+            m = re.search(r"on (http://127\.0\.0\.1:\d+)", line)
+            url = m.group(1) if m else None
+        assert any("Ray cluster" in x for x in seen)
+        x = images(8, 123)
+        with ServiceClient(url) as client:
+            res = classify(
+                client, x, keys=generate_keys(plan.params), allow_insecure_test_only=True
+            )
+        ref = plaintext(model, x)
+        assert np.abs(res.logits - ref).max() < 5e-2
+        assert np.array_equal(res.labels, ref.argmax(1))
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
