@@ -51,3 +51,8 @@ class ServiceError(HecnnError):
     def __init__(self, message: str, status: int = 0) -> None:
         super().__init__(message)
         self.status = status
+
+
+class DistributedError(HecnnError):
+    """A job on a Ray cluster could not complete: Ray is missing, the cluster cannot be reached,
+    or a task kept failing (its worker or node died) after every retry Ray was allowed."""

@@ -29,6 +29,32 @@ def test_roundtrip_of_every_kind(ctx, keys, rng):
     assert np.abs(decrypt(ctx, r, sk, slots=16) - x * x).max() < 1e-2
 
 
+def test_envelope_layout_is_header_metadata_then_raw_arrays(ctx, keys, rng):
+    """The layout the module doc states, byte for byte (the packer avoids copies; the bytes
+    must not change): header, JSON metadata, each array's little-endian residues in order, and
+    the SHA-256 of metadata ‖ payload."""
+    import hashlib
+    import json
+
+    _, _, evk = keys
+    c = encrypt(ctx, rng.uniform(-1, 1, (3, 16)), keys[1])
+    for obj, arrays in (
+        (c, [c.data]),
+        (evk, [evk.relin.data, *(evk.galois[g].data for g in sorted(evk.galois))]),
+    ):
+        blob = serialize.dumps(obj)
+        head = serialize._HEADER.unpack_from(blob)
+        meta_len, body_len, digest = head[4], head[5], head[6]
+        mbytes = blob[serialize._HEADER.size : serialize._HEADER.size + meta_len]
+        body = b"".join(a.astype("<u4").tobytes() for a in arrays)
+        assert len(blob) == serialize._HEADER.size + meta_len + body_len
+        assert blob[serialize._HEADER.size + meta_len :] == body
+        assert digest == hashlib.sha256(mbytes + body).digest()
+        assert [t["offset"] for t in json.loads(mbytes)["arrays"]] == list(
+            np.cumsum([0] + [a.nbytes for a in arrays[:-1]])
+        )
+
+
 def test_secret_key_is_refused_unless_explicitly_allowed(ctx, keys):
     sk = keys[0]
     blob = serialize.dumps(sk)

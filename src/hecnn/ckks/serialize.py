@@ -102,28 +102,35 @@ def params_from_meta(meta: dict[str, Any]) -> CkksParameters:
 
 
 def pack(kind: Kind, params: CkksParameters, meta: dict, arrays: dict[str, np.ndarray]) -> bytes:
-    """The envelope around ``meta`` (JSON-able) and ``arrays`` (stored raw, little endian)."""
-    body = bytearray()
+    """The envelope around ``meta`` (JSON-able) and ``arrays`` (stored raw, little endian).
+
+    The digest is computed over the arrays in place and the envelope is assembled with one
+    copy of each array: a ciphertext batch is hundreds of megabytes, and every extra copy
+    costs a pass over it and as much fresh memory.
+    """
+    parts = []
     table = []
+    offset = 0
     for name, arr in arrays.items():
         a = np.ascontiguousarray(arr)
-        table.append(
-            {"name": name, "dtype": a.dtype.str, "shape": list(a.shape), "offset": len(body)}
-        )
-        body += a.tobytes()
+        table.append({"name": name, "dtype": a.dtype.str, "shape": list(a.shape), "offset": offset})
+        parts.append(memoryview(a).cast("B"))
+        offset += a.nbytes
     meta = {**meta, "params": _params_meta(params), "arrays": table}
     mbytes = json.dumps(meta, separators=(",", ":")).encode()
-    digest = hashlib.sha256(mbytes + bytes(body)).digest()
+    digest = hashlib.sha256(mbytes)
+    for part in parts:
+        digest.update(part)
     head = _HEADER.pack(
         MAGIC,
         FORMAT_VERSION,
         int(kind),
         params.fingerprint.encode(),
         len(mbytes),
-        len(body),
-        digest,
+        offset,
+        digest.digest(),
     )
-    return head + mbytes + bytes(body)
+    return b"".join([head, mbytes, *parts])
 
 
 def _residues(arr: np.ndarray) -> np.ndarray:

@@ -102,3 +102,34 @@ def bench_models(
         memory_budget=int(memory_gib * 2**30) if memory_gib > 0 else None,
         weights_dir=Path(weights) if weights else None,
     )
+
+
+@bench_app.command("scale")
+def bench_scale(
+    model: str = typer.Option("cryptonets_mnist", help="Model row (see bench models)."),
+    batches: int = typer.Option(4, help="Ciphertext batches in the job."),
+    workers: int = typer.Option(2, help="Tasks at once in the scaled run (vs one)."),
+    batch: int = typer.Option(4096, help="Images per batch (the compiler picks N ≥ 2·batch)."),
+    ray: str = typer.Option("local", "--ray", help="Cluster: HOST:PORT, auto, or local."),
+    cpus_per_task: int = typer.Option(1, help="CPUs (and kernel threads) per task."),
+    split_memory_mib: int = typer.Option(
+        0, help="Also run batch 1 with its layers split for this many MiB per task."
+    ),
+    insecure_ring_for_tests: int = typer.Option(
+        None, help="TEST ONLY: force a ring degree below 128-bit security."
+    ),
+) -> None:
+    """A job of many batches on Ray, 1 vs w workers; last line: batches=… workers=…
+    agreement=… speedup=…"""
+    from hecnn.benchmarks.scale import run_scale
+
+    run_scale(
+        model,
+        batches=batches,
+        workers=workers,
+        batch=batch,
+        address=ray,
+        cpus_per_task=cpus_per_task,
+        split_memory=split_memory_mib << 20,
+        insecure_ring_for_tests=insecure_ring_for_tests,
+    )

@@ -15,7 +15,7 @@ import numpy as np
 import typer
 
 from hecnn.cli.main import app
-from hecnn.errors import SerializationError
+from hecnn.errors import HecnnError, SerializationError
 
 
 def _plan(spec: dict):
@@ -84,6 +84,9 @@ def infer(
     out: Path = typer.Option(..., help="Encrypted outputs to write."),
     backend: str = typer.Option("numpy", help="Array backend: numpy (CPU kernels) or torch."),
     device: str = typer.Option("cpu", help="Device of the torch backend: cpu, cuda, cuda:<i>."),
+    ray: str = typer.Option(
+        "", "--ray", help="Run on a Ray cluster: HOST:PORT of its head, auto, or local."
+    ),
 ) -> None:
     """Server: run the plan on ciphertexts with evaluation keys only (secret keys are refused)."""
     from hecnn.ckks import serialize
@@ -102,9 +105,22 @@ def infer(
     evk = _read(keys / "eval.hecnn", ctx, expect=serialize.Kind.EVALUATION_KEYS)
     ct = _read(inp, ctx, expect=serialize.Kind.CIPHERTEXT_BATCH)
     t0 = time.perf_counter()
-    res = run(plan, ct, evk)
+    if ray:
+        if backend != "numpy":
+            raise HecnnError("--ray runs the numpy backend on the cluster's CPUs")
+        from hecnn.distributed import RayExecutor
+
+        cluster = RayExecutor(plan, ray)
+        try:
+            res = cluster.run(ct, evk)
+        finally:
+            cluster.close()
+        where = f" on the Ray cluster at {ray}"
+    else:
+        res = run(plan, ct, evk)
+        where = ""
     out.write_bytes(serialize.dumps(res))
-    typer.echo(f"inference on {len(ct)} ciphertexts in {time.perf_counter() - t0:.1f} s")
+    typer.echo(f"inference on {len(ct)} ciphertexts in {time.perf_counter() - t0:.1f} s{where}")
 
 
 @app.command()

@@ -75,6 +75,13 @@ def serve(
     ),
     backend: str = typer.Option("numpy", help="Array backend of the jobs: numpy or torch."),
     device: str = typer.Option("cpu", help="Device of the torch backend: cpu, cuda, cuda:<i>."),
+    executor: str = typer.Option(
+        "local", help="Where jobs run: local (this process) or ray (a Ray cluster)."
+    ),
+    ray_address: str = typer.Option(
+        "local", help="With --executor ray: HOST:PORT of the cluster's head, auto, or local."
+    ),
+    ray_cpus_per_task: int = typer.Option(1, help="With --executor ray: CPUs per task."),
 ) -> None:
     """Serve encrypted inference over HTTP (FastAPI + uvicorn)."""
     import uvicorn
@@ -83,7 +90,18 @@ def serve(
 
     if insecure_ring_for_tests is not None and not allow_insecure_test_only:
         raise HecnnError("--insecure-ring-for-tests needs --allow-insecure-test-only")
+    if executor not in ("local", "ray"):
+        raise HecnnError(f"--executor is local or ray, not {executor!r}")
+    if executor == "ray" and backend != "numpy":
+        raise HecnnError("--executor ray runs the numpy backend on the cluster's CPUs")
     plan = _load_plan(model, batch, insecure_ring_for_tests)
+    runner = None
+    if executor == "ray":
+        from hecnn.distributed import RayExecutor
+
+        cluster = RayExecutor(plan, ray_address, cpus_per_task=ray_cpus_per_task)
+        runner = cluster.run_plan
+        typer.echo(f"jobs run on the Ray cluster at {ray_address}")
     app_ = create_app(
         plan,
         state_dir,
@@ -94,6 +112,7 @@ def serve(
         allow_insecure_test_only=allow_insecure_test_only,
         backend=backend,
         device=device,
+        runner=runner,
     )
     if plan.params.insecure_test_only:
         typer.secho(

@@ -44,7 +44,7 @@ from hecnn.compile.ir import Plan
 from hecnn.compile.serialize import dumps_plan
 from hecnn.errors import HecnnError, SecurityError
 from hecnn.runtime.files import require_secure
-from hecnn.service.jobs import JobManager, QueueFullError
+from hecnn.service.jobs import JobManager, QueueFullError, Runner
 from hecnn.service.store import ID_RE, JobStore, SessionStore
 
 #: allowance for the envelope header and JSON metadata on top of the arrays
@@ -94,12 +94,15 @@ def create_app(
     allow_insecure_test_only: bool = False,
     backend: str = "numpy",
     device: str = "cpu",
+    runner: Runner | None = None,
 ) -> FastAPI:
     """The service for ``plan``, keeping sessions and jobs under ``state_dir``.
 
     Parameters below 128-bit security are refused unless ``allow_insecure_test_only`` (the
     ``--allow-insecure-test-only`` flag of ``hecnn serve``, for tests only). ``backend`` /
-    ``device`` choose where the jobs run (``"torch"``, ``"cuda"`` on a GPU server).
+    ``device`` choose where the jobs run (``"torch"``, ``"cuda"`` on a GPU server); ``runner``
+    what runs them (default :func:`hecnn.runtime.run` here; ``RayExecutor(plan, …).run_plan``
+    sends them to a Ray cluster).
     """
     require_secure(plan.params, allow_insecure_test_only=allow_insecure_test_only)
     params = plan.params
@@ -119,6 +122,7 @@ def create_app(
         sessions,
         workers=workers,
         max_queue=max_queue,
+        runner=runner,
     )
     features = math.prod(plan.input_shape)
     params_blob = serialize.dumps(params)

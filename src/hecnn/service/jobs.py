@@ -20,9 +20,11 @@ import collections
 import logging
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from hecnn.ckks import serialize
+from hecnn.ckks.batch import CiphertextBatch
 from hecnn.ckks.context import CkksContext
 from hecnn.compile.ir import AffineNode, Plan, PolyNode
 from hecnn.errors import HecnnError
@@ -34,6 +36,11 @@ log = logging.getLogger("hecnn.service")
 
 #: a job interrupted while running is retried this many times in total before it is failed
 MAX_ATTEMPTS = 2
+
+
+#: what runs a job: :func:`hecnn.runtime.run`, or e.g. a Ray cluster's
+#: (:meth:`hecnn.distributed.RayExecutor.run_plan`), with the same signature
+Runner = Callable[..., CiphertextBatch]
 
 
 class QueueFullError(HecnnError):
@@ -78,8 +85,10 @@ class JobManager:
         *,
         workers: int = 1,
         max_queue: int = 8,
+        runner: Runner | None = None,
     ) -> None:
         self.plan, self.ctx, self.plan_id = plan, ctx, plan_id
+        self.runner = runner or run
         self.jobs, self.sessions = jobs, sessions
         self.workers, self.max_queue = max(1, workers), max(1, max_queue)
         self._lock = threading.Lock()
@@ -271,7 +280,7 @@ class JobManager:
             inp = serialize.loads(
                 (d / "input.hecnn").read_bytes(), self.ctx, expect=serialize.Kind.CIPHERTEXT_BATCH
             )
-            out = run(self.plan, inp, keys, progress=progress)
+            out = self.runner(self.plan, inp, keys, progress=progress)
             del inp
             write_atomic(d / "result.hecnn", serialize.dumps(out))
             final = ("done", None)
