@@ -119,6 +119,15 @@ class Plan:
     batch: int
     model_name: str = ""
     warnings: list[str] = field(default_factory=list)
+    #: "batch": one ciphertext per feature, one image per slot; "image": one image's features
+    #: in the slots of a few ciphertexts (:mod:`hecnn.compile.image`, layouts in ``image``)
+    packing: str = "batch"
+    image: object = None  # hecnn.compile.image.ImagePacking for packing="image"
+
+    def rotation_steps(self) -> list[int]:
+        """The slot rotations the evaluation uses: the Galois keys a client must generate
+        (none for batch packing)."""
+        return list(self.image.rotation_steps) if self.image is not None else []
 
     def node(self, name: str) -> Node:
         for n in self.nodes:
@@ -202,8 +211,23 @@ class Plan:
             f"CKKS: {p.describe()}",
             self._memory_line(),
         ]
+        if self.image is not None:
+            lines.append(self._image_lines())
         lines += [f"warning: {w}" for w in self.warnings]
         return "\n".join(lines)
+
+    def _image_lines(self) -> str:
+        img = self.image
+        parts = [
+            f"per-image packing: input {img.input_cts} ciphertext(s) of period "
+            f"{img.input_period}; {len(self.rotation_steps())} Galois keys"
+        ]
+        for name, dm in img.matrices.items():
+            parts.append(
+                f"  {name}: {len(dm.diags)} diagonals, baby step {dm.baby}, "
+                f"{dm.rotations} rotations, {dm.in_cts}→{dm.out_cts} cts"
+            )
+        return "\n".join(parts)
 
     def _memory_line(self) -> str:
         from hecnn.compile.streaming import memory_profile, plan_streaming

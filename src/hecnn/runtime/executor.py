@@ -230,7 +230,20 @@ def _mul_to_scale(
     x·coeff alone when partner_scale = partner_prime = 1 — lands exactly on ``target_scale``."""
     q = float(x.ctx.primes[x.level])
     want = target_scale * partner_prime / partner_scale  # scale of x·coeff after its rescale
-    return x.mul_scalar(coeff, scale=want * q / x.scale).rescale()
+    return _times(x, coeff, want * q / x.scale).rescale()
+
+
+def _times(x: CiphertextBatch, coeff: np.ndarray, scale: float) -> CiphertextBatch:
+    """x·coeff with coeff encoded at ``scale``: one scalar per ciphertext (batch packing,
+    coeff of shape (cts,)) or one value per slot (per-image packing, (cts, slots) planes)."""
+    if np.ndim(coeff) == 2:
+        return x.mul_plain(coeff, scale=scale)
+    return x.mul_scalar(coeff, scale=scale)
+
+
+def _plus(x: CiphertextBatch, coeff: np.ndarray) -> CiphertextBatch:
+    """x + coeff, per ciphertext or per slot like :func:`_times`."""
+    return x.add_plain(coeff) if np.ndim(coeff) == 2 else x.add_const(coeff)
 
 
 def _poly(
@@ -285,7 +298,7 @@ def _poly_chunk(
     x = _two(x, keys)  # the compiler relinearizes upstream; a no-op then
     sch = schedule(n.coeffs, n.fold_leading)
     if not sch.terms:
-        return x.mul_scalar(0.0).rescale().add_const(coeffs[0])
+        return _plus(x.mul_scalar(0.0).rescale(), coeffs[0])
     feeding = feeding_powers(sch)
     target_level = x.level - sch.depth
     if target_level < x.params.min_level:
@@ -295,8 +308,8 @@ def _poly_chunk(
         # rescale — one rescale for the sum instead of one per term
         acc = x.square()
         for t in sch.terms[1:]:
-            acc = acc + x.mul_scalar(coeffs[t.power], scale=x.scale)
-        return acc.rescale().add_const(coeffs[0])
+            acc = acc + _times(x, coeffs[t.power], x.scale)
+        return _plus(acc.rescale(), coeffs[0])
     powers: dict[int, CiphertextBatch] = {1: x}
     for k in sch.powers:
         if k == 1:
@@ -327,7 +340,7 @@ def _poly_chunk(
             y = u.mul(partner).rescale()
         y = y.drop_to(target_level)
         result = y if result is None else result + y
-    return result.add_const(coeffs[0])
+    return _plus(result, coeffs[0])
 
 
 def _mul(
