@@ -6,8 +6,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from hecnn.compile.ir import Plan, PolyNode
 from hecnn.compile.image import pack_image
+from hecnn.compile.ir import Plan, PolyNode
 from hecnn.compile.levels import (
     assign_levels,
     choose_parameters,
