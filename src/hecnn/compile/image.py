@@ -203,14 +203,13 @@ def diagonalize(
     diags: dict[tuple[int, int, int], np.ndarray] = {}
     key = (a * (inp.cts + 1) + b) * m + c
     order = np.argsort(key, kind="stable")
-    uniq, starts = np.unique(key[order], return_index=True)
-    ends = np.append(starts[1:], len(order))
+    starts = np.unique(key[order], return_index=True)[1]
+    ends = np.append(starts[1:], len(order))[: len(starts)]
     for s, e in zip(starts, ends, strict=True):
         sel = order[s:e]
         vec = np.zeros(L)
         np.add.at(vec, big[sel], vals[sel])
         diags[(int(a[sel[0]]), int(b[sel[0]]), int(c[sel[0]]))] = vec
-    del uniq
     out_cts = -(-out_features // m) if out_features > slots else 1
     sums = t.max(initial=0) > 0
     sum_steps = tuple(m << k for k in range(int(math.log2(L // m)))) if sums else ()
@@ -218,20 +217,27 @@ def diagonalize(
     if out_features > slots:
         period = slots
     out = Layout(period, np.arange(out_features, dtype=np.int64))
-    best = None
-    classes = sorted({k[2] for k in diags})
-    for baby in range(1, m + 1):
-        if best is not None and baby > 4 * math.isqrt(max(len(classes), 1)) + 4:
-            break
-        babies = len({cc % baby for cc in classes} - {0})
-        giants = len({cc - cc % baby for cc in classes} - {0})
-        cost = _cost(len(diags), inp.cts * babies, out_cts * giants)
-        if best is None or cost < best[0]:
-            best = (cost, baby)
-    baby = best[1] if best else 1
+    baby = _best_baby_step(
+        np.array(sorted({k[2] for k in diags}), dtype=np.int64), m, inp.cts, out_cts, len(diags)
+    )
     return DiagonalMatrix(
         L, m, inp.cts, out_cts, baby, diags, np.asarray(bias, np.float64), sum_steps, out
     )
+
+
+def _best_baby_step(classes: np.ndarray, m: int, in_cts: int, out_cts: int, products: int) -> int:
+    """The baby-step size b (c = g + j, j = c mod b) with the least estimated cost, over every
+    b ≤ m: diagonal sets of convolutions are arithmetic progressions modulo m, whose best b is
+    often their stride, far from √#diagonals."""
+    best_cost, best = math.inf, 1
+    for b in range(1, m + 1):
+        low = classes % b
+        babies = len(np.unique(low[low != 0]))
+        giants = len(np.unique((classes - low)[classes != low]))
+        cost = _cost(products, in_cts * babies, out_cts * giants)
+        if cost < best_cost:
+            best_cost, best = cost, b
+    return best
 
 
 def _expanded(w: BlockSparseWeights, slots: int):
