@@ -284,3 +284,20 @@ def test_differently_laid_out_add_is_refused():
         compile_model(
             AddCat(), (1, 2, 2), batch=1, calib=x, insecure_ring_for_tests=RING, packing="image"
         )
+
+
+def test_image_plan_survives_serialization():
+    """A saved per-image plan reloads with the same layouts and rotation steps."""
+    from hecnn.compile.serialize import dumps_plan, loads_plan
+
+    torch.manual_seed(7)
+    model = _randomize_bn(ZooNet())
+    x = torch.randn(2, 2, 8, 8)
+    plan = compile_model(
+        model, (2, 8, 8), batch=1, calib=x, insecure_ring_for_tests=RING, packing="image"
+    )
+    back = loads_plan(dumps_plan(plan))
+    assert back.packing == "image" and back.rotation_steps() == plan.rotation_steps()
+    assert np.array_equal(back.image.input_gather, plan.image.input_gather)
+    for name, lay in plan.image.layouts.items():
+        assert np.array_equal(back.image.layouts[name].pos, lay.pos)
