@@ -262,7 +262,7 @@ def test_bad_inputs_raise_clear_errors():
     evk = image_keys(plan, kg, sk)
     with pytest.raises(ShapeError):
         ImageEvaluator(plan, ctx).run(ct.stack([ct, ct]), evk)
-    got = decrypt_image(plan, ctx, sk, ImageEvaluator(plan, ctx).run(ct, evk))
+    got = decrypt_image(plan, ctx, sk, run(plan, ct, evk))  # run() dispatches on the packing
     with torch.no_grad():
         _check(got[None], model(x[:1]).double().numpy())
 

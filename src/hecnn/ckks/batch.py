@@ -342,14 +342,18 @@ class CiphertextBatch:
             return out
         keys_g = {r: keys.galois_key(galois_element(self.ctx.n, r), r) for r in todo}
         exts = decompose(self.ctx, np.ascontiguousarray(self.data[:, 1]), self.level)
-        for r in todo:
-            perm = self.ctx.automorphism_perm(galois_element(self.ctx.n, r))
-            k0, k1 = switch_decomposed(self.ctx, exts, self.level, keys_g[r], perm)
-            res = np.empty_like(self.data)
-            c0 = np.ascontiguousarray(self.data[:, 0][..., perm])
-            res[:, 0] = self.ctx.add(c0, k0, self.idx)
-            res[:, 1] = k1
-            out[r] = self._like(res)
+        perms = {r: self.ctx.automorphism_perm(galois_element(self.ctx.n, r)) for r in todo}
+
+        def step(lo: int, hi: int) -> None:  # one step per pool thread, its kernels inline
+            for r in todo[lo:hi]:
+                k0, k1 = switch_decomposed(self.ctx, exts, self.level, keys_g[r], perms[r])
+                res = np.empty_like(self.data)
+                c0 = np.ascontiguousarray(self.data[:, 0][..., perms[r]])
+                res[:, 0] = self.ctx.add(c0, k0, self.idx)
+                res[:, 1] = k1
+                out[r] = self._like(res)
+
+        self.ctx.for_each_chunk(len(todo), 1, step)
         return out
 
     # -- level management ---------------------------------------------------------------------

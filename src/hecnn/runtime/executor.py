@@ -86,8 +86,14 @@ def run(
     fraction of RAM; see :func:`hecnn.compile.streaming.plan_streaming`); ``chunk`` forces a
     chunk size; ``streaming=False`` materializes every node whole. The results are the same
     bit for bit. Inputs mapped from a file (``np.memmap``) stay there: a streamed first layer
-    pages in the rows it needs and releases them after their last use.
+    pages in the rows it needs and releases them after their last use. A per-image plan
+    (``plan.packing == "image"``) runs :func:`hecnn.runtime.image.run_image` on one image's
+    ciphertexts.
     """
+    if plan.packing == "image":  # one image in a few ciphertexts: rotations, not streaming
+        from hecnn.runtime.image import run_image
+
+        return run_image(plan, inputs, keys, report=report)
     if inputs.params.fingerprint != plan.params.fingerprint:
         raise ParameterError("the ciphertexts were not made with the plan's parameters")
     if keys.params.fingerprint != plan.params.fingerprint:

@@ -81,6 +81,8 @@ class ImageEvaluator:
             raise ParameterError("the ciphertexts were not made with the plan's parameters")
         if keys.params.fingerprint != plan.params.fingerprint:
             raise ParameterError("the evaluation keys do not belong to the plan's parameters")
+        if type(inputs) is not CiphertextBatch:
+            raise ParameterError("per-image packing runs on the numpy backend only (for now)")
         if len(inputs) != img.input_cts:
             raise ShapeError(
                 f"the plan expects {img.input_cts} input ciphertext(s) per image, got {len(inputs)}"
@@ -149,18 +151,29 @@ class ImageEvaluator:
             rots = {j: x.rotate(j, keys) for j in [0, *dm.baby_steps]}
         idx = x.idx
         shape = x.data.shape[1:]
+        groups: dict[tuple[int, int], list] = {}
+        for (a, b, g, j), pt in pts.items():
+            groups.setdefault((a, g), []).append((b, j, pt))
+        order = sorted(groups)
+        parts: dict[tuple[int, int], CiphertextBatch] = {}
+
+        def giant(lo: int, hi: int) -> None:
+            """rot(Σ_{b,j} pt ⊙ rot(x_b, j), g) for some (a, g) groups: whole groups per pool
+            thread (kernels inline), coarse enough that thread hand-offs cost nothing."""
+            for a, g in order[lo:hi]:
+                acc = np.zeros(shape, dtype=np.int32)
+                for b, j, pt in groups[(a, g)]:  # acc += pt ⊙ rot(x_b, j), both components
+                    ctx.mul_broadcast(rots[j].data[b], pt, idx, acc=acc)
+                part = CiphertextBatch(ctx, acc[None], x.scale * sw)
+                parts[(a, g)] = self._rotate(part, g % x.params.slots, keys) if g else part
+
+        ctx.for_each_chunk(len(order), 1, giant)
         outs = []
         for a in range(dm.out_cts):
             total = None
-            for g in sorted({gg for (aa, _, gg, _) in pts if aa == a}):
-                acc = np.zeros(shape, dtype=np.int32)
-                for (aa, b, gg, j), pt in pts.items():
-                    if aa == a and gg == g:  # acc += pt ⊙ rot(x_b, j), both components
-                        ctx.mul_broadcast(rots[j].data[b], pt, idx, acc=acc)
-                part = CiphertextBatch(ctx, acc[None], x.scale * sw)
-                if g:
-                    part = self._rotate(part, g % x.params.slots, keys)
-                total = part if total is None else total + part
+            for key in order:
+                if key[0] == a:
+                    total = parts[key] if total is None else total + parts[key]
             if total is None:  # an output ciphertext with no weights: zeros
                 total = x[0].mul_scalar(0.0, scale=sw)
             outs.append(total)
