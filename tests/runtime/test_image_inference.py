@@ -301,3 +301,23 @@ def test_image_plan_survives_serialization():
     assert np.array_equal(back.image.input_gather, plan.image.input_gather)
     for name, lay in plan.image.layouts.items():
         assert np.array_equal(back.image.layouts[name].pos, lay.pos)
+
+
+@pytest.mark.parametrize("pool", [False, True])
+def test_composite_relu_and_maxpool_per_image(pool):
+    """Composite sign polynomials (degree 3 and 7, relinearized powers) and their products with
+    x (MulNode); max-pooling's tournament of products and adds — per image vs the module."""
+    import hecnn
+
+    torch.manual_seed(8)
+    layers = [nn.Conv2d(1, 2, 3, stride=2), nn.ReLU()]
+    if pool:
+        layers.append(nn.MaxPool2d(2))
+    layers += [nn.Flatten(), nn.Linear(8 if pool else 18, 3)]
+    x = torch.randn(3, 1, 7 if not pool else 9, 7 if not pool else 9)
+    am = hecnn.approximate(nn.Sequential(*layers).eval(), alpha=6, calib=x).eval()
+    got, ref, plan, ev = _image_vs_plain(am, x)
+    assert any(type(n).__name__ == "MulNode" for n in plan.nodes)
+    assert np.abs(got - ref).max() < 5e-3 * max(1.0, np.abs(ref).max())
+    assert (got.argmax(1) == ref.argmax(1)).all()
+    assert sorted(ev.used_steps) == plan.rotation_steps()
