@@ -30,7 +30,7 @@ expansion only when it lowers the estimated cost.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -149,7 +149,6 @@ class ImagePacking:
     #: (input cts, input period) feature index of each input slot (−1: zero)
     input_gather: np.ndarray
     input_period: int
-    warnings: list[str] = field(default_factory=list)
 
     @property
     def rotation_steps(self) -> list[int]:
@@ -240,7 +239,7 @@ def _best_baby_step(classes: np.ndarray, m: int, in_cts: int, out_cts: int, prod
     return best
 
 
-def _expanded(w: BlockSparseWeights, slots: int):
+def _expanded(w: BlockSparseWeights):
     """im2col arrangement of the input for the first layer: the columns of each block (rows
     sharing a column set) side by side, rank-major. Returns (gather, rows, cols', vals)."""
     groups = [blk for blk in w.blocks if len(blk.in_idx)]
@@ -290,7 +289,7 @@ def pack_image(nodes: list[Node], slots: int, *, expand_input: bool | None = Non
                 and len(users[src.name]) == 1
                 and expand_input is not False
             ):
-                g2, r2, c2, v2 = _expanded(n.weights, slots)
+                g2, r2, c2, v2 = _expanded(n.weights)
                 lay2 = _contiguous(len(g2), slots)
                 dm2 = diagonalize(r2, c2, v2, n.features, n.bias, lay2, slots)
                 if expand_input or dm2.cost() < dm.cost():
