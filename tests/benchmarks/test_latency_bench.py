@@ -21,3 +21,11 @@ def test_latency_bench_runs_checks_and_ends_with_its_line(monkeypatch, capsys):
     assert last.startswith("latency_s=") and float(last.split("=")[1]) == pytest.approx(
         res.latency_s, abs=1e-3
     )
+
+
+def test_latency_bench_refuses_what_memory_cannot_hold(monkeypatch):
+    from hecnn.errors import HecnnError
+
+    monkeypatch.setattr(latency, "_available_memory", lambda: 1 << 20)
+    with pytest.raises(HecnnError, match="diagonals need"):
+        latency.bench_latency("cryptonets_mnist", images=1, insecure_ring_for_tests=1 << 12)

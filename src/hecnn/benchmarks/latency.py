@@ -21,12 +21,25 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
-from hecnn.benchmarks.models import CALIBRATION_IMAGES, load_images, load_model
+from hecnn.benchmarks.models import (
+    CALIBRATION_IMAGES,
+    MEMORY_HEADROOM,
+    _available_memory,
+    load_images,
+    load_model,
+)
 from hecnn.ckks.context import CkksContext
 from hecnn.ckks.keys import KeyGenerator
 from hecnn.compile import compile_model
+from hecnn.errors import HecnnError
 from hecnn.runtime.executor import RunReport
-from hecnn.runtime.image import ImageEvaluator, decrypt_image, encrypt_image, image_keys
+from hecnn.runtime.image import (
+    ImageEvaluator,
+    decrypt_image,
+    encrypt_image,
+    image_keys,
+    plaintext_bytes,
+)
 
 
 @dataclass
@@ -87,6 +100,12 @@ def bench_latency(
     res.input_cts = plan.image.input_cts
     res.rotations = sum(dm.rotations for dm in plan.image.matrices.values())
     log(plan.summary())
+    need, avail = plaintext_bytes(plan), _available_memory()
+    if need > MEMORY_HEADROOM * avail:
+        raise HecnnError(
+            f"{name}: the encoded weight diagonals need {need / 2**30:.1f} GiB, "
+            f"{avail / 2**30:.1f} GiB are available — not started (docs/benchmarks.md)"
+        )
     ctx = CkksContext(plan.params)
     t0 = time.perf_counter()
     kg = KeyGenerator(ctx)

@@ -63,6 +63,16 @@ def decrypt_image(plan: Plan, ctx: CkksContext, sk: SecretKey, out: CiphertextBa
     return vals[lay.pos // lay.period, lay.pos % lay.period]
 
 
+def plaintext_bytes(plan: Plan) -> int:
+    """Bytes of the encoded weight diagonals an :class:`ImageEvaluator` keeps (NTT residues,
+    4 bytes per limb and coefficient, at each affine node's input level)."""
+    img = _packing(plan)
+    return sum(
+        len(dm.diags) * (plan.node(name).level_in + 1) * plan.params.n * 4
+        for name, dm in img.matrices.items()
+    )
+
+
 @dataclass
 class ImageEvaluator:
     """Evaluates a per-image plan; keeps the encoded diagonals between images."""
