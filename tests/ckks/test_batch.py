@@ -133,6 +133,43 @@ def test_rotate(ctx, keys, rng, steps):
     assert np.abs(decrypt(ctx, r, sk) - np.roll(x, -steps, axis=1)).max() < TOL
 
 
+def test_hoisted_rotations_equal_single_rotations(ctx, keys, rng):
+    """One decomposition, several automorphisms: each result decrypts to the rotated vector,
+    like a plain rotation; step 0 is the input itself."""
+    sk, pk, evk = keys
+    x = _x(rng, ctx=ctx)
+    ct = encrypt(ctx, x, pk)
+    rots = ct.rotate_hoisted([0, 1, 2, 5, -1, 1], evk)
+    assert sorted(rots) == [-1, 0, 1, 2, 5] and rots[0] is ct
+    for r in (1, 2, 5, -1):
+        got = decrypt(ctx, rots[r], sk)
+        assert np.abs(got - np.roll(x, -r, axis=1)).max() < TOL
+        assert np.abs(got - decrypt(ctx, ct.rotate(r, evk), sk)).max() < TOL
+    with pytest.raises(MissingKeyError):
+        ct.rotate_hoisted([3], evk)
+    with pytest.raises(ParameterError):
+        ct.mul(ct).rotate_hoisted([1], evk)
+
+
+def test_rescale_onto_base_primes_smaller_than_the_scale(rng):
+    """A base modulus split into primes smaller than the scale primes (18 bits under 29-bit
+    scale primes) still rescales exactly: the dropped limb is reduced by a true remainder."""
+    p = CkksParameters.create(
+        3, n=1 << 12, scale_bits=28, first_prime_bits=36, allow_insecure_test_only=True
+    )
+    assert max(p.moduli[: p.base_primes]) < 2**20 < min(p.moduli[p.base_primes :])
+    c = CkksContext(p)
+    kg = KeyGenerator(c)
+    sk = kg.secret_key()
+    x, w = _x(rng, ctx=c), _x(rng, ctx=c)
+    y = encrypt(c, x, kg.public_key(sk))
+    for _ in range(p.max_level - p.min_level):  # the last rescale lands on the small primes
+        y = y.mul_plain(w).rescale()
+        x = x * w
+    assert y.level == p.min_level
+    assert np.abs(decrypt(c, y, sk) - x).max() < TOL
+
+
 def test_rotate_without_key_is_a_clear_error(ctx, keys, rng):
     _sk, pk, evk = keys
     c = encrypt(ctx, _x(rng, ctx=ctx), pk)

@@ -17,7 +17,7 @@ import numpy as np
 from hecnn.ckks import kernels
 from hecnn.ckks.context import CkksContext
 from hecnn.ckks.keys import EvaluationKeys, SwitchingKey
-from hecnn.ckks.keyswitch import key_switch
+from hecnn.ckks.keyswitch import decompose, key_switch, switch_decomposed
 from hecnn.errors import LevelError, ParameterError, ScaleError, ShapeError
 
 #: Relative scale mismatch tolerated when adding (scales differ by rescale rounding only).
@@ -316,6 +316,45 @@ class CiphertextBatch:
         out[:, 0] = self.ctx.add(np.ascontiguousarray(rot[:, 0]), k0, self.idx)
         out[:, 1] = k1
         return self._like(out)
+
+    def rotate_hoisted(
+        self, steps: Sequence[int], keys: EvaluationKeys
+    ) -> dict[int, CiphertextBatch]:
+        """Rotations of the same ciphertexts by several ``steps`` with one decomposition.
+
+        A rotation is σ_g then a key switch of σ_g(c1); the key switch's ModUp (inverse NTT,
+        base conversion, NTT of every digit) depends on c1 only, and σ_g commutes with it, so
+        it is done once and each step pays only a permutation, the key product and ModDown
+        (hoisting, Halevi–Shoup 2018). Returns {step: rotated batch}; step 0 is the input.
+        """
+        if self.components != 2:
+            raise ParameterError("relinearize before rotating")
+        from hecnn.ckks.encoder import galois_element
+
+        out: dict[int, CiphertextBatch] = {}
+        todo = []
+        for r in dict.fromkeys(int(s) for s in steps):
+            if galois_element(self.ctx.n, r) == 1:
+                out[r] = self
+            else:
+                todo.append(r)
+        if not todo:
+            return out
+        keys_g = {r: keys.galois_key(galois_element(self.ctx.n, r), r) for r in todo}
+        exts = decompose(self.ctx, np.ascontiguousarray(self.data[:, 1]), self.level)
+        perms = {r: self.ctx.automorphism_perm(galois_element(self.ctx.n, r)) for r in todo}
+
+        def step(lo: int, hi: int) -> None:  # one step per pool thread, its kernels inline
+            for r in todo[lo:hi]:
+                k0, k1 = switch_decomposed(self.ctx, exts, self.level, keys_g[r], perms[r])
+                res = np.empty_like(self.data)
+                c0 = np.ascontiguousarray(self.data[:, 0][..., perms[r]])
+                res[:, 0] = self.ctx.add(c0, k0, self.idx)
+                res[:, 1] = k1
+                out[r] = self._like(res)
+
+        self.ctx.for_each_chunk(len(todo), 1, step)
+        return out
 
     # -- level management ---------------------------------------------------------------------
     def rescale(self) -> CiphertextBatch:

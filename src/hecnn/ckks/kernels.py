@@ -421,12 +421,20 @@ def reduce_signed(v, mod_idx, primes, out):
 @nb.njit(nogil=True, cache=True)
 def rescale_lift(last, q_last, mod_idx, primes, out):
     """out[r, i] = [centered(last[r])]_{q_i}: the dropped limb, lifted to (−q/2, q/2] and reduced
-    into each remaining prime (|value| < 2^31, so one conditional correction each way)."""
+    into each remaining prime: one conditional correction each way when q_last/2 < q_i, a true
+    remainder when q_i is smaller (small base primes split a base modulus of a few bits more
+    than the scale)."""
     rows, n = last.shape
     half = q_last >> 1
     for r in range(rows):
         for i in range(mod_idx.shape[0]):
             q = np.int64(primes[mod_idx[i]])
+            if half >= q:
+                for j in range(n):
+                    v = np.int64(last[r, j])
+                    v = v - q_last if v > half else v
+                    out[r, i, j] = v % q
+                continue
             for j in range(n):
                 v = np.int64(last[r, j])
                 v = v - q_last if v > half else v

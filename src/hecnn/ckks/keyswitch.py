@@ -22,28 +22,57 @@ def key_switch(
     ctx: CkksContext, d: np.ndarray, level: int, key: SwitchingKey
 ) -> tuple[np.ndarray, np.ndarray]:
     """(P, ℓ+1, N) NTT-form polynomials → (c0, c1), each (P, ℓ+1, N) NTT form."""
-    if key.params != ctx.params:
-        raise ParameterError("switching key belongs to a different parameter set")
+    return switch_decomposed(ctx, decompose(ctx, d, level), level, key)
+
+
+def decompose(ctx: CkksContext, d: np.ndarray, level: int) -> list[np.ndarray]:
+    """ModUp: the digits [d]_{D_j} of (P, ℓ+1, N) NTT-form polynomials, each extended to Q_ℓ·P
+    (NTT form, (P, ℓ+1+k, N)). Shared by every key switch of the same d — the expensive half
+    of a rotation that hoisting does once for many rotation steps."""
     idx_q = ctx.data_idx(level)
     idx_qp = ctx.qp_idx(level)
     nq, nqp = len(idx_q), len(idx_qp)
     if d.ndim != 3 or d.shape[1] != nq:
         raise ParameterError(f"key switch input shape {d.shape} does not match level {level}")
-    npoly = d.shape[0]
     d_coeff = ctx.intt(d.copy(), idx_q)
-    key_limbs = np.concatenate([np.arange(nq), np.arange(ctx.num_data, len(ctx.primes))])
-    acc = np.zeros((2, npoly, nqp, ctx.n), dtype=np.int32)
-    ext = np.empty((npoly, nqp, ctx.n), dtype=np.int32)
-    mod_idx = idx_qp
-    for j, grp in enumerate(digits(ctx.params, level)):
+    exts = []
+    for grp in digits(ctx.params, level):
         others = np.setdiff1d(np.arange(nqp), grp)  # positions in Q_ℓ·P other than the digit
         conv = ctx.base_convert(np.ascontiguousarray(d_coeff[:, grp]), grp, idx_qp[others])
         ctx.ntt(conv, idx_qp[others])
+        ext = np.empty((d.shape[0], nqp, ctx.n), dtype=np.int32)
         ext[:, others] = conv
         ext[:, grp] = d[:, grp]
+        exts.append(ext)
+    return exts
+
+
+def switch_decomposed(
+    ctx: CkksContext,
+    exts: list[np.ndarray],
+    level: int,
+    key: SwitchingKey,
+    perm: np.ndarray | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Inner product of decomposed digits with the key, then ModDown: (c0, c1) over Q_ℓ.
+
+    ``perm``: an automorphism's permutation of the NTT evaluation points, applied to the
+    digits first. An automorphism commutes with ModUp (it permutes coefficients with signs,
+    and the base conversion's error stays a multiple of Q_j), so σ(decompose(d)) is a valid
+    decomposition of σ(d): a hoisted rotation.
+    """
+    if key.params != ctx.params:
+        raise ParameterError("switching key belongs to a different parameter set")
+    idx_qp = ctx.qp_idx(level)
+    nq, nqp = level + 1, len(idx_qp)
+    key_limbs = np.concatenate([np.arange(nq), np.arange(ctx.num_data, len(ctx.primes))])
+    acc = np.zeros((2, exts[0].shape[0], nqp, ctx.n), dtype=np.int32)
+    for j, ext in enumerate(exts):
+        if perm is not None:
+            ext = np.ascontiguousarray(ext[..., perm])
         kj = key.data[j][:, key_limbs]
         for c in range(2):
-            ctx.mul_broadcast(ext, kj[c], mod_idx, acc=acc[c])
+            ctx.mul_broadcast(ext, kj[c], idx_qp, acc=acc[c])
     return mod_down(ctx, acc[0], level), mod_down(ctx, acc[1], level)
 
 

@@ -133,3 +133,22 @@ def bench_scale(
         split_memory=split_memory_mib << 20,
         insecure_ring_for_tests=insecure_ring_for_tests,
     )
+
+
+@bench_app.command("latency")
+def bench_latency(
+    model: str = typer.Option(
+        "ishiyama_mnist", help="Model row: ishiyama_mnist, cryptonets_mnist, hemet_squeezenet."
+    ),
+    images: int = typer.Option(4, help="Images after the first (which also encodes weights)."),
+    weights: str = typer.Option(
+        "", help="Trained weights directory (default: benchmarks/weights)."
+    ),
+    quiet: bool = typer.Option(False, "--quiet", help="Only the table and the last line."),
+) -> None:
+    """Single encrypted image with per-image packing; last line: latency_s=<seconds>."""
+    from pathlib import Path
+
+    from hecnn.benchmarks.latency import main
+
+    main(model, images=images, weights_dir=Path(weights) if weights else None, quiet=quiet)

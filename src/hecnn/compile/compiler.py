@@ -6,6 +6,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from hecnn.compile.image import pack_image
 from hecnn.compile.ir import Plan, PolyNode
 from hecnn.compile.levels import (
     assign_levels,
@@ -14,11 +15,12 @@ from hecnn.compile.levels import (
     input_node,
     plan_relinearization,
     relative_depths,
+    relinearize_every_product,
     tail_scale_bits,
 )
 from hecnn.compile.passes import block_weights, fold_leading_coefficients, merge_affine
 from hecnn.compile.trace import trace
-from hecnn.errors import HecnnError, ShapeError
+from hecnn.errors import HecnnError, ParameterError, ShapeError
 
 #: headroom on the largest calibrated output when sizing the base modulus
 OUTPUT_MARGIN = 4.0
@@ -35,8 +37,14 @@ def compile_model(
     fold_leading: bool = True,
     relin_free_tail: bool = True,
     insecure_ring_for_tests: int | None = None,
+    packing: str = "batch",
 ) -> Plan:
     """Trace, fold and level ``model`` for encrypted inference on ``batch`` images at once.
+
+    ``packing``: "batch" (one ciphertext per feature, an image per slot: throughput),
+    "image" (one image in the slots of a few ciphertexts, rotations: latency; see
+    :mod:`hecnn.compile.image`) or "auto" (image packing for batches up to
+    :data:`AUTO_IMAGE_MAX_BATCH`). Both evaluate the same folded network.
 
     ``relin_free_tail`` lets the last two multiplying layers run without relinearization (a
     rescale-free tail, see :func:`hecnn.compile.levels.rescale_free_tail`). ``calib`` (a few
@@ -47,11 +55,17 @@ def compile_model(
     input_shape = tuple(int(s) for s in input_shape)
     if batch < 1:
         raise ShapeError(f"batch must be ≥ 1, got {batch}")
+    packing = choose_packing(packing, batch)
+    image = packing == "image"
+    if image:
+        relin_free_tail = False  # rotations need 2-component ciphertexts
     nodes, output = trace(model, input_shape)
     nodes = merge_affine(nodes, output)
     if fold_leading:
         nodes = fold_leading_coefficients(nodes, output)
     plan_relinearization(nodes, output, tail=relin_free_tail)
+    if image:
+        relinearize_every_product(nodes, output)
     assign_scale_factors(nodes)
     depth = max(relative_depths(nodes).values())
     bound = DEFAULT_OUTPUT_BOUND
@@ -67,11 +81,12 @@ def compile_model(
         bound = float(out.abs().max()) * OUTPUT_MARGIN
     params = choose_parameters(
         depth,
-        batch,
+        1 if image else batch,
         bound,
         scale_bits=scale_bits,
         insecure_ring=insecure_ring_for_tests,
         tail_bits=lambda sb: tail_scale_bits(nodes, sb),
+        tight_base=image,
     )
     assign_levels(nodes, params.max_level)
     input_node(nodes)
@@ -85,19 +100,43 @@ def compile_model(
                     f"polynomial's valid range [{vlo:.2f}, {vhi:.2f}]"
                 )
     nodes = block_weights(nodes)
-    return Plan(
+    plan = Plan(
         nodes=nodes,
         output=output,
         params=params,
         input_shape=input_shape,
-        batch=batch,
+        batch=1 if image else batch,
         model_name=type(model).__name__,
         warnings=warnings,
+        packing=packing,
     )
+    if image:
+        plan.image = pack_image(nodes, params.slots)
+    return plan
+
+
+#: ``packing="auto"`` picks per-image packing up to this many images: a batch-packed run costs
+#: the same for 1 or N/2 images (tens of seconds for the MNIST models), a per-image run about a
+#: second per image (docs/benchmarks.md, latency)
+AUTO_IMAGE_MAX_BATCH = 8
+PACKINGS = ("batch", "image", "auto")
+
+
+def choose_packing(packing: str, batch: int) -> str:
+    """ "batch" or "image" for the user's request and batch size."""
+    if packing not in PACKINGS:
+        raise ParameterError(f"packing must be one of {PACKINGS}, got {packing!r}")
+    if packing == "auto":
+        return "image" if batch <= AUTO_IMAGE_MAX_BATCH else "batch"
+    return packing
 
 
 def compile_bundled(
-    name: str, *, batch: int = 8192, insecure_ring_for_tests: int | None = None
+    name: str,
+    *,
+    batch: int = 8192,
+    insecure_ring_for_tests: int | None = None,
+    packing: str = "batch",
 ) -> Plan:
     """The plan of bundled model ``name`` for (1, 28, 28) MNIST inputs, calibrated on 256 of the
     bundled test images: the plan ``hecnn keygen|infer`` and ``hecnn serve`` agree on."""
@@ -113,6 +152,7 @@ def compile_bundled(
         batch=batch,
         calib=calib,
         insecure_ring_for_tests=insecure_ring_for_tests,
+        packing=packing,
     )
     plan.model_name = name
     return plan

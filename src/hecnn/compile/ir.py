@@ -147,6 +147,15 @@ class Plan:
     batch: int
     model_name: str = ""
     warnings: list[str] = field(default_factory=list)
+    #: "batch": one ciphertext per feature, one image per slot; "image": one image's features
+    #: in the slots of a few ciphertexts (:mod:`hecnn.compile.image`, layouts in ``image``)
+    packing: str = "batch"
+    image: object = None  # hecnn.compile.image.ImagePacking for packing="image"
+
+    def rotation_steps(self) -> list[int]:
+        """The slot rotations the evaluation uses: the Galois keys a client must generate
+        (none for batch packing)."""
+        return list(self.image.rotation_steps) if self.image is not None else []
 
     def node(self, name: str) -> Node:
         for n in self.nodes:
@@ -167,6 +176,14 @@ class Plan:
         """Ciphertexts relinearized per node (key switches; the dominant cost)."""
         out: dict[str, int] = {}
         for n in self.nodes:
+            if self.image is not None:  # per-image: one key switch per ciphertext of the node
+                cts = self.image.layouts[n.name].cts
+                out[n.name] = cts * (bool(n.relin_after) + _poly_relins(n)) + (
+                    cts * sum(self.node(i).components > 2 for i in n.inputs)
+                    if isinstance(n, MulNode)
+                    else 0
+                )
+                continue
             count = 0
             if isinstance(n, PolyNode):
                 count = n.products * n.features
@@ -201,7 +218,10 @@ class Plan:
         for col in ("node", "op", "cts out", "ct MACs", "relins", "comps", "level in→out"):
             table.add_column(col, justify="left" if col in ("node", "op") else "right")
         for nd in self.nodes:
-            if isinstance(nd, AffineNode):
+            if isinstance(nd, AffineNode) and self.image is not None:
+                dm = self.image.matrices[nd.name]
+                op, macs = f"affine ({nd.source})", f"{len(dm.diags):,} diag"
+            elif isinstance(nd, AffineNode):
                 op, macs = f"affine ({nd.source})", f"{nd.macs:,}"
             elif isinstance(nd, PolyNode):
                 fold = ", lead folded" if nd.fold_leading else ""
@@ -212,25 +232,42 @@ class Plan:
             table.add_row(
                 nd.name,
                 op,
-                f"{nd.features:,}",
+                f"{nd.features:,}" if self.image is None else f"{self.image.layouts[nd.name].cts}",
                 macs,
                 f"{relins[nd.name]:,}",
                 f"{nd.components}",
                 f"{nd.level_in}→{nd.level_out}" + ("" if nd.rescale else " (no rescale)"),
             )
         total_macs = sum(n.macs for n in self.nodes if isinstance(n, AffineNode))
+        what = "ciphertext MACs"
+        if self.image is not None:
+            total_macs = sum(len(dm.diags) for dm in self.image.matrices.values())
+            what = "diagonal products"
         console = Console(width=120, record=True, file=io.StringIO())
         console.print(table)
         p = self.params
         lines = [
             console.export_text(),
-            f"totals: {total_macs:,} ciphertext MACs, {sum(relins.values()):,} relinearizations, "
+            f"totals: {total_macs:,} {what}, {sum(relins.values()):,} relinearizations, "
             f"depth {self.levels}",
             f"CKKS: {p.describe()}",
-            self._memory_line(),
+            self._memory_line() if self.image is None else self._image_lines(),
         ]
         lines += [f"warning: {w}" for w in self.warnings]
         return "\n".join(lines)
+
+    def _image_lines(self) -> str:
+        img = self.image
+        parts = [
+            f"per-image packing: input {img.input_cts} ciphertext(s) of period "
+            f"{img.input_period}; {len(self.rotation_steps())} Galois keys"
+        ]
+        for name, dm in img.matrices.items():
+            parts.append(
+                f"  {name}: {len(dm.diags)} diagonals, baby step {dm.baby}, "
+                f"{dm.rotations} rotations, {dm.in_cts}→{dm.out_cts} cts"
+            )
+        return "\n".join(parts)
 
     def _memory_line(self) -> str:
         from hecnn.compile.streaming import memory_profile, plan_streaming
@@ -249,6 +286,14 @@ class Plan:
             f"Plan({self.model_name!r}, {len(self.nodes)} nodes, depth {self.levels}, "
             f"N={self.params.n}, batch {self.batch})"
         )
+
+
+def _poly_relins(n: Node) -> int:
+    if not isinstance(n, PolyNode) or not n.rescale:
+        return 0
+    from hecnn.compile.polyeval import schedule
+
+    return schedule(n.coeffs, n.fold_leading).relinearized_powers
 
 
 def log2_ceil(x: float) -> int:

@@ -139,6 +139,15 @@ def plan_relinearization(
     return tail
 
 
+def relinearize_every_product(nodes: list[Node], output: str) -> None:
+    """Per-image packing: every multiplying node but the output relinearizes its own output —
+    the affine layers after it rotate, and a rotation switches keys on 2 components only."""
+    for n in nodes:
+        n.rescale = True
+        n.relin_after = _multiplies(n) and n.name != output
+    _count_components(nodes)
+
+
 def _count_components(nodes: list[Node]) -> None:
     comps: dict[str, int] = {}
     for n in nodes:
@@ -202,36 +211,32 @@ def choose_parameters(
     scale_bits: int | None = None,
     insecure_ring: int | None = None,
     tail_bits: Callable[[int], int] | None = None,
+    tight_base: bool = False,
 ) -> CkksParameters:
     """Smallest secure ring for ``depth`` and ``batch``; then the largest scale that fits it.
 
     ``insecure_ring`` forces a small ring degree for unit tests (parameters are then marked
     insecure and refused by servers). ``tail_bits(scale_bits)``: extra scale bits the output
-    carries from a rescale-free tail; the base modulus holds them too.
+    carries from a rescale-free tail; the base modulus holds them too. ``tight_base`` also
+    tries a base modulus of exactly the bits needed (split over several smaller primes) rather
+    than whole 31-bit primes: one fewer bit-hungry prime can halve the ring (per-image plans,
+    where N is set by the depth alone).
     """
     value_bits = max(1, math.ceil(math.log2(max(output_bound, 1.0) * 2)) + 1)
     candidates = range(26, 31) if scale_bits is None else [scale_bits]
     best: CkksParameters | None = None
     for sb in candidates:
         extra = tail_bits(sb) if tail_bits else 0
-        base = max(sb + extra + value_bits, sb + 1)
-        base = base if base <= MAX_PRIME_BITS else MAX_PRIME_BITS * math.ceil(base / MAX_PRIME_BITS)
-        try:
-            if insecure_ring is not None:
-                p = CkksParameters.create(
-                    depth,
-                    scale_bits=sb,
-                    first_prime_bits=base,
-                    n=insecure_ring,
-                    allow_insecure_test_only=True,
-                )
-            else:
-                min_n = max(4096, 1 << math.ceil(math.log2(max(2 * batch, 2))))
-                p = CkksParameters.create(depth, scale_bits=sb, first_prime_bits=base, min_n=min_n)
-        except ParameterError:
-            continue
-        if best is None or p.n < best.n or (p.n == best.n and p.scale > best.scale):
-            best = p
+        need = max(sb + extra + value_bits, sb + 1)
+        rounded = (
+            need if need <= MAX_PRIME_BITS else MAX_PRIME_BITS * math.ceil(need / MAX_PRIME_BITS)
+        )
+        for base in dict.fromkeys([rounded, need] if tight_base else [rounded]):
+            p = _try_parameters(depth, sb, base, batch, insecure_ring)
+            if p is None:
+                continue
+            if best is None or p.n < best.n or (p.n == best.n and p.scale > best.scale):
+                best = p
     if best is None:
         raise ParameterError(
             f"no 128-bit parameter set up to N={SUPPORTED_RING_DEGREES[-1]} holds depth {depth} "
@@ -240,6 +245,25 @@ def choose_parameters(
     if 2 * batch > best.n:
         raise ParameterError(f"batch {batch} exceeds the {best.slots} slots of N={best.n}")
     return best
+
+
+def _try_parameters(
+    depth: int, sb: int, base: int, batch: int, insecure_ring: int | None
+) -> CkksParameters | None:
+    """The parameter set for one (scale, base) choice, or None where none exists."""
+    try:
+        if insecure_ring is not None:
+            return CkksParameters.create(
+                depth,
+                scale_bits=sb,
+                first_prime_bits=base,
+                n=insecure_ring,
+                allow_insecure_test_only=True,
+            )
+        min_n = max(4096, 1 << math.ceil(math.log2(max(2 * batch, 2))))
+        return CkksParameters.create(depth, scale_bits=sb, first_prime_bits=base, min_n=min_n)
+    except ParameterError:
+        return None
 
 
 def input_node(nodes: list[Node]) -> InputNode:

@@ -110,6 +110,7 @@ def dumps_plan(plan: Plan) -> bytes:
             "batch": int(plan.batch),
             "model_name": plan.model_name,
             "warnings": list(plan.warnings),
+            "packing": plan.packing,
         }
     }
     return envelope.pack(envelope.Kind.PLAN, plan.params, meta, arrays)
@@ -341,7 +342,10 @@ def _build(spec: dict, arrs: dict, params) -> Plan:
     warnings = spec.get("warnings", [])
     if not isinstance(warnings, list) or len(warnings) > MAX_NODES:
         raise SerializationError("malformed plan: warnings must be a list of strings")
-    return Plan(
+    packing = spec.get("packing", "batch")
+    if packing not in ("batch", "image"):
+        raise SerializationError(f"malformed plan: unknown packing {str(packing)[:20]!r}")
+    plan = Plan(
         nodes=nodes,
         output=output,
         params=params,
@@ -349,7 +353,13 @@ def _build(spec: dict, arrs: dict, params) -> Plan:
         batch=batch,
         model_name=_text(spec.get("model_name", ""), "model_name"),
         warnings=[_text(w, "warning") for w in warnings],
+        packing=packing,
     )
+    if packing == "image":  # layouts and diagonals follow from the nodes: rebuilt, not stored
+        from hecnn.compile.image import pack_image
+
+        plan.image = pack_image(nodes, params.slots)
+    return plan
 
 
 def _check_levels(nodes: list[Node], params) -> None:

@@ -25,10 +25,23 @@ def _two(x: CiphertextBatch, keys: EvaluationKeys) -> CiphertextBatch:
     return x.relinearize(keys) if x.components > 2 else x
 
 
-def _scaled(y: CiphertextBatch, coeff: np.ndarray | float, scale: float) -> CiphertextBatch:
+def mul_coeff(x: CiphertextBatch, coeff, scale: float) -> CiphertextBatch:
+    """x·coeff with coeff encoded at ``scale``: one scalar per ciphertext (batch packing, shape
+    (cts,) or a float) or one value per slot (per-image packing, (cts, slots) planes)."""
+    if np.ndim(coeff) == 2:
+        return x.mul_plain(coeff, scale=scale)
+    return x.mul_scalar(coeff, scale=scale)
+
+
+def add_coeff(x: CiphertextBatch, coeff) -> CiphertextBatch:
+    """x + coeff, per ciphertext or per slot like :func:`mul_coeff`."""
+    return x.add_plain(coeff) if np.ndim(coeff) == 2 else x.add_const(coeff)
+
+
+def _scaled(y: CiphertextBatch, coeff, scale: float) -> CiphertextBatch:
     """coeff·y before its rescale: encoded so that the rescale by y's last prime gives ``scale``."""
     q = float(y.ctx.primes[y.level])
-    return y.mul_scalar(coeff, scale=scale * q / y.scale)
+    return mul_coeff(y, coeff, scale * q / y.scale)
 
 
 class ChebyshevEvaluator:
@@ -77,7 +90,7 @@ class ChebyshevEvaluator:
             for z in groups.values():
                 z = z.rescale().drop_to(level)
                 acc = z if acc is None else acc + z
-            return acc.add_const(c[0])
+            return add_coeff(acc, c[0])
         g = node.giant
         q, r = divide(c[: node.degree + 1], g)
         tg = self.power(g)
@@ -91,7 +104,7 @@ class ChebyshevEvaluator:
             # relinearized before the rescale: the key switch's noise is then divided by q
             prod = qv.mul(tg_up).relinearize(self.keys).rescale()
         rv = self.node(node.remainder, r, level, scale)
-        return prod.add_const(r[0]) if rv is None else prod + rv
+        return add_coeff(prod, r[0]) if rv is None else prod + rv
 
 
 def evaluate_chebyshev(
@@ -102,8 +115,8 @@ def evaluate_chebyshev(
     schedule: ChebSchedule | None = None,
     target_scale: float | None = None,
 ) -> CiphertextBatch:
-    """Σ_k coeffs[k]·T_k(x/radius) per ciphertext (``coeffs``: (degree + 1, len(x)) or
-    (degree + 1,)), landing at level(x) − depth with scale ``target_scale`` (default Δ).
+    """Σ_k coeffs[k]·T_k(x/radius) per ciphertext (``coeffs``: (degree + 1, len(x)), per-slot
+    planes (degree + 1, len(x), slots), or (degree + 1,)), landing at level(x) − depth with scale ``target_scale`` (default Δ).
 
     x/radius is read for free as x at scale·radius; for the T_k to keep scales near Δ, x
     should arrive at Δ/radius (see :func:`hecnn.compile.levels.assign_scale_factors`)."""
@@ -122,5 +135,5 @@ def evaluate_chebyshev(
         )
     target = x.params.scale if target_scale is None else float(target_scale)
     if sch.tree is None:  # a constant (or zero) polynomial
-        return ChebyshevEvaluator._land(u, 0.0, level, target).add_const(coeffs[0])
+        return add_coeff(ChebyshevEvaluator._land(u, 0.0, level, target), coeffs[0])
     return ChebyshevEvaluator(u, keys).node(sch.tree, coeffs, level, target)

@@ -32,7 +32,7 @@ from hecnn.compile.streaming import (
     plan_streaming,
 )
 from hecnn.errors import LevelError, ParameterError, ShapeError
-from hecnn.runtime.chebyshev import evaluate_chebyshev
+from hecnn.runtime.chebyshev import add_coeff, evaluate_chebyshev, mul_coeff
 from hecnn.runtime.memory import file_mapping, peak_rss, release_rows, reset_peak_rss
 from hecnn.runtime.streaming import run_segment
 
@@ -91,8 +91,14 @@ def run(
     fraction of RAM; see :func:`hecnn.compile.streaming.plan_streaming`); ``chunk`` forces a
     chunk size; ``streaming=False`` materializes every node whole. The results are the same
     bit for bit. Inputs mapped from a file (``np.memmap``) stay there: a streamed first layer
-    pages in the rows it needs and releases them after their last use.
+    pages in the rows it needs and releases them after their last use. A per-image plan
+    (``plan.packing == "image"``) runs :func:`hecnn.runtime.image.run_image` on one image's
+    ciphertexts.
     """
+    if plan.packing == "image":  # one image in a few ciphertexts: rotations, not streaming
+        from hecnn.runtime.image import run_image
+
+        return run_image(plan, inputs, keys, report=report)
     if inputs.params.fingerprint != plan.params.fingerprint:
         raise ParameterError("the ciphertexts were not made with the plan's parameters")
     if keys.params.fingerprint != plan.params.fingerprint:
@@ -262,7 +268,7 @@ def _mul_to_scale(
     x·coeff alone when partner_scale = partner_prime = 1 — lands exactly on ``target_scale``."""
     q = float(x.ctx.primes[x.level])
     want = target_scale * partner_prime / partner_scale  # scale of x·coeff after its rescale
-    return x.mul_scalar(coeff, scale=want * q / x.scale).rescale()
+    return mul_coeff(x, coeff, want * q / x.scale).rescale()
 
 
 def _poly(
@@ -330,7 +336,7 @@ def _poly_chunk(
     x = _two(x, keys)  # the compiler relinearizes upstream; a no-op then
     sch = schedule(n.coeffs, n.fold_leading)
     if not sch.terms:
-        return x.mul_scalar(0.0).rescale().add_const(coeffs[0])
+        return add_coeff(x.mul_scalar(0.0).rescale(), coeffs[0])
     feeding = feeding_powers(sch)
     target_level = x.level - sch.depth
     if target_level < x.params.min_level:
@@ -340,8 +346,8 @@ def _poly_chunk(
         # rescale — one rescale for the sum instead of one per term
         acc = x.square()
         for t in sch.terms[1:]:
-            acc = acc + x.mul_scalar(coeffs[t.power], scale=x.scale)
-        return acc.rescale().add_const(coeffs[0])
+            acc = acc + mul_coeff(x, coeffs[t.power], x.scale)
+        return add_coeff(acc.rescale(), coeffs[0])
     powers: dict[int, CiphertextBatch] = {1: x}
     for k in sch.powers:
         if k == 1:
@@ -372,7 +378,7 @@ def _poly_chunk(
             y = u.mul(partner).rescale()
         y = y.drop_to(target_level)
         result = y if result is None else result + y
-    return result.add_const(coeffs[0])
+    return add_coeff(result, coeffs[0])
 
 
 def _mul(

@@ -1,0 +1,191 @@
+"""Single-image latency with per-image packing (``hecnn bench latency --model NAME``).
+
+One encrypted image, end to end on the server side: the run of the plan on the image's few
+ciphertexts with the client's evaluation keys (relinearization + exactly the plan's Galois
+keys). The first image also encodes the weight diagonals as plaintexts (a per-model cost a
+server pays once, before any image arrives), so it is reported apart; ``latency_s`` is the
+median over the following images. Every image is checked against the plaintext model (max
+logit error, label agreement). Client stages (keygen, encrypt, decrypt) are reported too.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from rich.console import Console
+from rich.table import Table
+
+from hecnn.benchmarks.models import (
+    CALIBRATION_IMAGES,
+    MEMORY_HEADROOM,
+    _available_memory,
+    load_images,
+    load_model,
+)
+from hecnn.ckks.context import CkksContext
+from hecnn.ckks.keys import KeyGenerator
+from hecnn.compile import compile_model
+from hecnn.errors import HecnnError
+from hecnn.runtime.executor import RunReport
+from hecnn.runtime.image import (
+    ImageEvaluator,
+    decrypt_image,
+    encrypt_image,
+    image_keys,
+    plaintext_bytes,
+)
+
+
+@dataclass
+class LatencyResult:
+    model: str
+    weights: str
+    params: str = ""
+    n: int = 0
+    levels: int = 0
+    galois_keys: int = 0
+    key_bytes: int = 0
+    input_cts: int = 0
+    rotations: int = 0  # key switches for rotations per image
+    stages: dict[str, float] = field(default_factory=dict)
+    first_s: float = 0.0  # first image: includes encoding the weight diagonals
+    runs_s: list[float] = field(default_factory=list)
+    #: process CPU seconds of each of those runs (all threads): the work itself, less
+    #: sensitive than wall time to other processes sharing the cores
+    cpu_s: list[float] = field(default_factory=list)
+    per_node: dict[str, float] = field(default_factory=dict)
+    max_error: float = 0.0
+    agreement: float = 0.0
+    plain_accuracy: float = 0.0
+    enc_accuracy: float = 0.0
+
+    @property
+    def latency_s(self) -> float:
+        return statistics.median(self.runs_s) if self.runs_s else self.first_s
+
+
+def bench_latency(
+    name: str,
+    *,
+    images: int = 4,
+    weights_dir: Path | None = None,
+    insecure_ring_for_tests: int | None = None,
+    log: Callable[[str], None] = print,
+) -> LatencyResult:
+    """Measure the single-image latency of model row ``name`` (see the module doc)."""
+    model, dataset, source = load_model(name, weights_dir)
+    res = LatencyResult(name, source)
+    calib, _ = load_images(dataset, CALIBRATION_IMAGES)
+    xs, labels = load_images(dataset, 10_000 if dataset == "mnist" else CALIBRATION_IMAGES)
+    pick = np.linspace(0, len(xs) - 1, images + 1).astype(int)  # spread over the labels
+    xs, labels = xs[pick], labels[pick]
+    t0 = time.perf_counter()
+    plan = compile_model(
+        model,
+        tuple(calib.shape[1:]),
+        batch=1,
+        calib=calib,
+        packing="image",
+        insecure_ring_for_tests=insecure_ring_for_tests,
+    )
+    plan.model_name = name
+    res.stages["compile"] = time.perf_counter() - t0
+    res.params, res.n, res.levels = plan.params.describe(), plan.params.n, plan.params.max_level
+    res.input_cts = plan.image.input_cts
+    res.rotations = sum(dm.rotations for dm in plan.image.matrices.values())
+    log(plan.summary())
+    need, avail = plaintext_bytes(plan), _available_memory()
+    if need > MEMORY_HEADROOM * avail:
+        raise HecnnError(
+            f"{name}: the encoded weight diagonals need {need / 2**30:.1f} GiB, "
+            f"{avail / 2**30:.1f} GiB are available — not started (docs/benchmarks.md)"
+        )
+    ctx = CkksContext(plan.params)
+    t0 = time.perf_counter()
+    kg = KeyGenerator(ctx)
+    sk = kg.secret_key()
+    pk = kg.public_key(sk)
+    evk = image_keys(plan, kg, sk)
+    res.stages["keygen"] = time.perf_counter() - t0
+    res.galois_keys = len(evk.galois)
+    res.key_bytes = sum(k.data.nbytes for k in evk.galois.values()) + evk.relin_key().data.nbytes
+    ev = ImageEvaluator(plan, ctx)
+    with torch.no_grad():
+        ref = model(torch.as_tensor(xs)).double().numpy()
+    got, enc_s, dec_s = [], [], []
+    for k, x in enumerate(xs):
+        t0 = time.perf_counter()
+        ct = encrypt_image(plan, ctx, pk, x)
+        enc_s.append(time.perf_counter() - t0)
+        report = RunReport()
+        c0, t0 = time.process_time(), time.perf_counter()
+        out = ev.run(ct, evk, report=report)
+        dt, dc = time.perf_counter() - t0, time.process_time() - c0
+        if k == 0:
+            res.first_s = dt
+        else:
+            res.runs_s.append(dt)
+            res.cpu_s.append(dc)
+            for t in report.timings:
+                res.per_node[t.name] = res.per_node.get(t.name, 0.0) + t.seconds / images
+        t0 = time.perf_counter()
+        got.append(decrypt_image(plan, ctx, sk, out))
+        dec_s.append(time.perf_counter() - t0)
+        log(
+            f"{name}: image {k}: server {dt:.3f} s (CPU {dc:.3f} s)"
+            + (" (encodes the weights)" if k == 0 else "")
+        )
+    got = np.stack(got)
+    res.stages["encrypt"] = statistics.median(enc_s)
+    res.stages["decrypt"] = statistics.median(dec_s)
+    res.max_error = float(np.abs(got - ref).max())
+    res.agreement = 100.0 * float((got.argmax(1) == ref.argmax(1)).mean())
+    res.plain_accuracy = 100.0 * float((ref.argmax(1) == labels).mean())
+    res.enc_accuracy = 100.0 * float((got.argmax(1) == labels).mean())
+    return res
+
+
+def format_result(r: LatencyResult) -> Table:
+    t = Table(title=f"single-image latency, per-image packing — {r.model} ({r.weights})")
+    t.add_column("quantity")
+    t.add_column("value", justify="right")
+    rows = [
+        ("CKKS", r.params),
+        ("input ciphertexts", str(r.input_cts)),
+        (
+            "Galois keys (rotation steps)",
+            f"{r.galois_keys} ({r.key_bytes / 2**20:.0f} MiB with relin)",
+        ),
+        ("rotations per image", str(r.rotations)),
+        *[(f"{k} (s)", f"{v:.3f}") for k, v in r.stages.items()],
+        ("first image, server (s, encodes weights)", f"{r.first_s:.3f}"),
+        ("server per image (s), each", ", ".join(f"{s:.3f}" for s in r.runs_s)),
+        ("server CPU per image (s, all threads), each", ", ".join(f"{s:.3f}" for s in r.cpu_s)),
+        *[(f"  node {k} (s, mean)", f"{v:.3f}") for k, v in r.per_node.items() if v > 1e-3],
+        ("max |logit error| vs plaintext", f"{r.max_error:.2e}"),
+        ("label agreement (%)", f"{r.agreement:.1f}"),
+        ("accuracy plain / encrypted (%)", f"{r.plain_accuracy:.1f} / {r.enc_accuracy:.1f}"),
+        ("latency_s (median server time)", f"{r.latency_s:.3f}"),
+    ]
+    for k, v in rows:
+        t.add_row(k, v)
+    return t
+
+
+def main(
+    name: str, *, images: int = 4, weights_dir: Path | None = None, quiet: bool = False
+) -> LatencyResult:
+    """Run, print the table, end with ``latency_s=<seconds>``."""
+    console = Console(width=120)
+    res = bench_latency(
+        name, images=images, weights_dir=weights_dir, log=(lambda s: None) if quiet else print
+    )
+    console.print(format_result(res))
+    print(f"latency_s={res.latency_s:.3f}")
+    return res
