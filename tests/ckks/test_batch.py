@@ -226,3 +226,14 @@ def test_mismatched_operands_raise(ctx, keys, rng):
         encrypt(ctx, np.zeros((1, ctx.params.slots + 1)), pk)
     with pytest.raises(ShapeError):
         CiphertextBatch(ctx, np.zeros((1, 2, 3), dtype=np.int64), c.scale)
+
+
+def test_decrypt_at_a_level_beyond_float_range():
+    """Q above 2^1024 (N = 2^16, 39 levels): small values still decrypt (no inf·0 = nan)."""
+    from hecnn.ckks.rns import centered_to_float
+    from hecnn.ckks.primes import ntt_primes
+
+    qs = ntt_primes(31, 1 << 12, 40)
+    value = np.array([[5, -7, 0, 123456789]], dtype=np.int64)
+    residues = np.stack([value % q for q in qs], axis=-2)  # (1, 40, 4)
+    assert np.array_equal(centered_to_float(residues, qs), value.astype(np.float64))

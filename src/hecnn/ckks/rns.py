@@ -24,10 +24,17 @@ def centered_to_float(residues: np.ndarray, primes: list[int]) -> np.ndarray:
     if len(qs) == 1:
         return np.where(negative, -neg[0].astype(np.float64), pos[0].astype(np.float64))
     digits = [np.where(negative, nd, pd) for pd, nd in zip(pos, neg, strict=True)]
-    weights = np.cumprod([1.0, *[float(q) for q in qs[:-1]]])
+    # past ~34 limbs the weights q_0⋯q_(i−1) exceed float64's range (inf); a small value has
+    # zero digits there, which must add 0, not inf·0 = nan
+    with np.errstate(over="ignore"):
+        weights = np.cumprod([1.0, *[float(q) for q in qs[:-1]]])
     value = np.zeros(digits[0].shape, dtype=np.float64)
     for i in range(len(qs) - 1, -1, -1):
-        value += digits[i].astype(np.float64) * weights[i]
+        d = digits[i].astype(np.float64)
+        if np.isfinite(weights[i]):
+            value += d * weights[i]
+        else:
+            value += np.where(d == 0, 0.0, np.inf)
     return np.where(negative, -value, value)
 
 
