@@ -102,3 +102,40 @@ def bench_models(
         memory_budget=int(memory_gib * 2**30) if memory_gib > 0 else None,
         weights_dir=Path(weights) if weights else None,
     )
+
+
+@bench_app.command("peers")
+def bench_peers(
+    quick: bool = typer.Option(
+        False, "--quick", help="1024 images, Orion's LoLa net only (< 10 min once set up)."
+    ),
+    peers: str = typer.Option("openfhe,orion,seal", help="Comma-separated peers to run."),
+    batch: int = typer.Option(0, help="Images per batch-packed run (default 8192; quick 1024)."),
+    orion_images: int = typer.Option(0, help="Images Orion classifies one by one (5; quick 3)."),
+    nets: str = typer.Option(
+        "", help="Per-image networks: lola_mnist,lenet5_mnist (default both; quick lola_mnist)."
+    ),
+    install: bool = typer.Option(
+        True, "--install/--no-install", help="Create missing peer environments (pip, once)."
+    ),
+    json_out: str = typer.Option("", "--json", help="Also write the rows as JSON here."),
+    workdir: str = typer.Option("", help="Keep the exchanged .npz/.json files here."),
+) -> None:
+    """hecnn vs OpenFHE, Orion and SEAL on the same nets, weights and images.
+
+    Last line: vs_openfhe=<hecnn speed-up, batch> vs_orion=<hecnn speed-up, latency>.
+    """
+    from pathlib import Path
+
+    from hecnn.benchmarks.peers import run_peers
+
+    run_peers(
+        quick=quick,
+        peers=tuple(p.strip() for p in peers.split(",") if p.strip()),
+        batch=batch or None,
+        orion_images=orion_images or None,
+        image_nets=tuple(n.strip() for n in nets.split(",") if n.strip()) or None,
+        install=install,
+        workdir=Path(workdir) if workdir else None,
+        json_out=Path(json_out) if json_out else None,
+    )
