@@ -105,7 +105,7 @@ def test_a_runner_that_fails_is_a_clear_error(tmp_path):
     arrays.update(
         images=np.zeros((2, 49)), ring_dim=1024, scale_bits=40, first_mod_bits=60, security="none"
     )
-    with pytest.raises(exchange.PeerRunError, match="openfhe_runner.py exited with 1.*openfhe"):
+    with pytest.raises(exchange.PeerRunError, match=r"openfhe_runner\.py exited with 1.*openfhe"):
         exchange.run_runner(sys.executable, "openfhe_runner.py", arrays, tmp_path)
     assert (tmp_path / "net.npz").exists() and (tmp_path / "runner.log").exists()
 

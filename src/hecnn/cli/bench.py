@@ -113,7 +113,12 @@ def bench_peers(
     batch: int = typer.Option(0, help="Images per batch-packed run (default 8192; quick 1024)."),
     orion_images: int = typer.Option(0, help="Images Orion classifies one by one (5; quick 3)."),
     nets: str = typer.Option(
-        "", help="Per-image networks: lola_mnist,lenet5_mnist (default both; quick lola_mnist)."
+        "",
+        help="Per-image networks: lola_mnist,lenet5_mnist (default both; quick lola_mnist); "
+        "'none' for none.",
+    ),
+    batch_nets: str = typer.Option(
+        "", help="Batch-packed networks (default cryptonets_mnist,ishiyama_mnist); 'none'."
     ),
     install: bool = typer.Option(
         True, "--install/--no-install", help="Create missing peer environments (pip, once)."
@@ -134,8 +139,16 @@ def bench_peers(
         peers=tuple(p.strip() for p in peers.split(",") if p.strip()),
         batch=batch or None,
         orion_images=orion_images or None,
-        image_nets=tuple(n.strip() for n in nets.split(",") if n.strip()) or None,
+        image_nets=_names(nets),
+        batch_nets=_names(batch_nets),
         install=install,
         workdir=Path(workdir) if workdir else None,
         json_out=Path(json_out) if json_out else None,
     )
+
+
+def _names(arg: str) -> tuple[str, ...] | None:
+    """Comma-separated names; '' → None (the default), 'none' → ()."""
+    if arg.strip() == "none":
+        return ()
+    return tuple(n.strip() for n in arg.split(",") if n.strip()) or None

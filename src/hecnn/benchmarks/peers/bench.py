@@ -47,6 +47,8 @@ FULL_BATCH, QUICK_BATCH = 8192, 1024
 #: CKKS examples set them
 OPENFHE_RING, OPENFHE_SCALE_BITS, OPENFHE_FIRST_BITS = 1 << 14, 50, 60
 FIT_IMAGES = 256
+#: hecnn batch runs stop after this many seconds and project the rest (LeNet-5 at full batch)
+HECNN_TIME_LIMIT = 600.0
 
 
 @dataclass
@@ -64,6 +66,7 @@ class PeerRow:
     agreement: float | None = None
     max_error: float | None = None
     ratio: float | None = None  # this system's ms ÷ hecnn's ms: hecnn's speed-up
+    cpu_s: float | None = None  # CPU seconds of the server part (all threads; load-robust)
     status: str = "ok"  # ok | skipped | failed | estimate
     note: str = ""
 
@@ -73,9 +76,12 @@ def _compare(row: PeerRow, logits: np.ndarray, ref: np.ndarray) -> None:
     row.max_error = float(np.abs(logits - ref).max())
 
 
-def hecnn_batch_rows(name: str, batch: int, *, seal: bool, quick: bool, log) -> list[PeerRow]:
-    """hecnn at ``batch`` images (``bench models``' measurement) and SEAL's op-count estimate."""
-    r = bench_row(name, batch=batch, seal_reps=2 if quick else 4, log=log)
+def hecnn_batch_rows(
+    name: str, batch: int, *, seal: bool, quick: bool, log, time_limit: float = HECNN_TIME_LIMIT
+) -> list[PeerRow]:
+    """hecnn at ``batch`` images (``bench models``' measurement) and SEAL's op-count estimate.
+    A run past ``time_limit`` stops and projects its total (status "stopped")."""
+    r = bench_row(name, batch=batch, seal_reps=2 if quick else 4, time_limit=time_limit, log=log)
     row = PeerRow(
         name,
         "hecnn",
@@ -89,6 +95,7 @@ def hecnn_batch_rows(name: str, batch: int, *, seal: bool, quick: bool, log) -> 
         r.max_error,
         status="ok" if r.status == "ok" else r.status,
         note=r.note,
+        cpu_s=r.cpu_s,
     )
     rows = [row]
     if seal and r.seal is not None:
@@ -135,6 +142,7 @@ def openfhe_row(name: str, batch: int, python, workdir: Path, threads: int, log)
         1e3 * server / batch,
         res["peak_rss"],
         note=", ".join(f"{k} {v:.1f} s" for k, v in res["stages"].items()),
+        cpu_s=res.get("inference_cpu_s"),
     )
     _compare(row, out.logits, _plain_logits(model, x))
     log(
@@ -164,6 +172,7 @@ def orion_row(name: str, images: int, python, workdir: Path, log) -> PeerRow:
         1e3 * statistics.median(steady),
         res["peak_rss"],
         note=f"compile {res['stages']['compile']:.1f} s; first image {lat[0]:.2f} s",
+        cpu_s=statistics.median(res["latency_cpu_s"][1:] or res["latency_cpu_s"]),
     )
     _compare(row, out.logits, _plain_logits(model, x[:images]))
     log(
@@ -255,6 +264,7 @@ def format_table(rows: list[PeerRow]) -> Table:
         "parameters",
         "images",
         "server s",
+        "CPU s",
         "ms/image or latency ms",
         "peak RSS GiB",
         "agreement %",
@@ -266,17 +276,19 @@ def format_table(rows: list[PeerRow]) -> Table:
     for r in rows:
         if r.status in ("skipped", "failed"):
             table.add_row(
-                r.network, r.system, r.packing, r.status, "", "", r.note[:60], "", "", "", ""
+                r.network, r.system, r.packing, r.status, "", "", "", r.note[:60], "", "", "", ""
             )
             continue
+        proj = "~" if r.status == "stopped" else ""  # projected from a run stopped midway
         table.add_row(
             r.network,
             r.system,
             r.packing,
             r.params,
             str(r.images),
-            "—" if r.total_s is None else f"{r.total_s:.1f}",
-            "—" if r.ms is None else f"{r.ms:.3f}",
+            "—" if r.total_s is None else f"{proj}{r.total_s:.1f}",
+            "—" if r.cpu_s is None else f"{proj}{r.cpu_s:.1f}",
+            "—" if r.ms is None else f"{proj}{r.ms:.3f}",
             f"{r.peak_rss / 2**30:.2f}" if r.peak_rss else "—",
             "—" if r.agreement is None else f"{r.agreement:.2f}",
             "—" if r.max_error is None else f"{r.max_error:.1e}",
@@ -303,6 +315,7 @@ def run_peers(
     batch: int | None = None,
     orion_images: int | None = None,
     image_nets: tuple[str, ...] | None = None,
+    batch_nets: tuple[str, ...] | None = None,
     install: bool = True,
     workdir: Path | None = None,
     json_out: Path | None = None,
@@ -313,7 +326,8 @@ def run_peers(
     log = console.print
     batch = batch or (QUICK_BATCH if quick else FULL_BATCH)
     orion_images = orion_images or (3 if quick else 5)
-    image_nets = image_nets or (("lola_mnist",) if quick else tuple(IMAGE_NETS))
+    if image_nets is None:
+        image_nets = ("lola_mnist",) if quick else tuple(IMAGE_NETS)
     threads = os.cpu_count() or 1
     rows: list[PeerRow] = []
     tmp = None
@@ -332,7 +346,7 @@ def run_peers(
         if orion_py is None:
             log(f"Orion skipped: {orion_why}")
 
-    for name in BATCH_NETS:
+    for name in BATCH_NETS if batch_nets is None else batch_nets:
         _guard(
             rows,
             name,

@@ -98,6 +98,12 @@ def _context(ring_dim: int, depth: int, scale_bits: int, first_bits: int, securi
     return cc
 
 
+def _cpu() -> float:
+    """CPU seconds of this process, all threads (the shared machine's load does not count)."""
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return r.ru_utime + r.ru_stime
+
+
 def _version() -> str:
     from importlib.metadata import version
 
@@ -170,7 +176,7 @@ def main(net_path: str, out_path: str, result_path: str) -> None:
     ]
     stages["encrypt"] = time.perf_counter() - t0
 
-    t0 = time.perf_counter()
+    t0, cpu0 = time.perf_counter(), _cpu()
     per_layer = []
     for layer in layers:
         t1 = time.perf_counter()
@@ -182,6 +188,7 @@ def main(net_path: str, out_path: str, result_path: str) -> None:
             cts = [cc.Rescale(cc.EvalMult(ct, 1.0)) for ct in cts]
         per_layer.append([layer[0], len(cts), time.perf_counter() - t1])
     stages["inference"] = time.perf_counter() - t0
+    inference_cpu = _cpu() - cpu0
 
     t0 = time.perf_counter()
     logits = np.empty((batch, len(cts)))
@@ -204,6 +211,7 @@ def main(net_path: str, out_path: str, result_path: str) -> None:
         "batch": batch,
         "threads": int(os.environ.get("OMP_NUM_THREADS", "0") or 0),
         "stages": stages,
+        "inference_cpu_s": inference_cpu,
         "layers": per_layer,
         "total_s": time.perf_counter() - t_all,
         "peak_rss": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,

@@ -1,0 +1,51 @@
+"""Amortized time per image against the batch size, hecnn and OpenFHE, from ``bench peers``
+runs saved with ``--json`` (each run measures one batch size; the plot puts runs together).
+
+Needs matplotlib (the ``plots`` or ``peers`` extra).
+"""
+
+from __future__ import annotations
+
+import json
+from collections import defaultdict
+from pathlib import Path
+
+
+def batch_points(json_files: list[Path]) -> dict[tuple[str, str], list[tuple[int, float]]]:
+    """(network, system) → sorted (images, ms/image) of every measured batch-packed row."""
+    pts: dict[tuple[str, str], dict[int, float]] = defaultdict(dict)
+    for f in json_files:
+        for r in json.loads(Path(f).read_text()):
+            if r["packing"] == "batch" and r["status"] == "ok" and r["ms"]:
+                system = "OpenFHE" if r["system"].startswith("OpenFHE") else r["system"]
+                pts[(r["network"], system)][int(r["images"])] = float(r["ms"])
+    return {k: sorted(v.items()) for k, v in pts.items()}
+
+
+def plot_amortized(json_files: list[Path], out: Path, networks: tuple[str, ...] | None = None):
+    """Write a log–log PNG of ms/image against images per batch for hecnn and OpenFHE."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    pts = batch_points(json_files)
+    nets = networks or tuple(sorted({n for n, _ in pts}))
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    styles = {"hecnn": "-o", "OpenFHE": "--s"}
+    for net in nets:
+        for system, style in styles.items():
+            xy = pts.get((net, system))
+            if xy:
+                ax.plot(*zip(*xy, strict=True), style, label=f"{system} — {net}")
+    ax.set_xscale("log", base=2)
+    ax.set_yscale("log")
+    ax.set_xlabel("images per batch (one per slot)")
+    ax.set_ylabel("amortized server time per image (ms)")
+    ax.set_title("Encrypted MNIST inference, batch packing, 128-bit CKKS")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out, dpi=120)
+    plt.close(fig)
+    return pts
