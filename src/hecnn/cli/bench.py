@@ -107,7 +107,10 @@ def bench_models(
 @bench_app.command("peers")
 def bench_peers(
     quick: bool = typer.Option(
-        False, "--quick", help="1024 images, Orion's LoLa net only (< 10 min once set up)."
+        False,
+        "--quick",
+        help="1024 images, OpenFHE on cryptonets_mnist and Orion on LoLa only (< 10 min once "
+        "set up).",
     ),
     peers: str = typer.Option("openfhe,orion,seal", help="Comma-separated peers to run."),
     batch: int = typer.Option(0, help="Images per batch-packed run (default 8192; quick 1024)."),
@@ -124,6 +127,9 @@ def bench_peers(
         True, "--install/--no-install", help="Create missing peer environments (pip, once)."
     ),
     json_out: str = typer.Option("", "--json", help="Also write the rows as JSON here."),
+    time_limit: float = typer.Option(
+        300.0, help="Stop a hecnn batch run after this many seconds and project the rest."
+    ),
     workdir: str = typer.Option("", help="Keep the exchanged .npz/.json files here."),
 ) -> None:
     """hecnn vs OpenFHE, Orion and SEAL on the same nets, weights and images.
@@ -142,6 +148,7 @@ def bench_peers(
         image_nets=_names(nets),
         batch_nets=_names(batch_nets),
         install=install,
+        time_limit=time_limit,
         workdir=Path(workdir) if workdir else None,
         json_out=Path(json_out) if json_out else None,
     )
