@@ -98,6 +98,16 @@ def _context(ring_dim: int, depth: int, scale_bits: int, first_bits: int, securi
     return cc
 
 
+def _peak_rss() -> int:
+    """Peak resident bytes of this process: ``VmHWM`` (per address space). Not ``ru_maxrss``:
+    Linux carries the parent's high-water mark across fork + exec into it."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
 def _cpu() -> float:
     """CPU seconds of this process, all threads (the shared machine's load does not count)."""
     r = resource.getrusage(resource.RUSAGE_SELF)
@@ -214,7 +224,7 @@ def main(net_path: str, out_path: str, result_path: str) -> None:
         "inference_cpu_s": inference_cpu,
         "layers": per_layer,
         "total_s": time.perf_counter() - t_all,
-        "peak_rss": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
+        "peak_rss": _peak_rss(),
     }
     with open(result_path, "w") as f:
         json.dump(result, f)

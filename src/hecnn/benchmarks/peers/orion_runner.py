@@ -56,6 +56,16 @@ CONFIGS = {
 }
 
 
+def _peak_rss() -> int:
+    """Peak resident bytes of this process: ``VmHWM`` (per address space). Not ``ru_maxrss``:
+    Linux carries the parent's high-water mark across fork + exec into it."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
 def _cpu() -> float:
     """CPU seconds of this process, all threads (Go's included)."""
     r = resource.getrusage(resource.RUSAGE_SELF)
@@ -119,7 +129,7 @@ def main(net_path: str, out_path: str, result_path: str) -> None:
         "encrypt_s": encrypt_s,
         "latency_s": latency,
         "latency_cpu_s": cpu,
-        "peak_rss": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
+        "peak_rss": _peak_rss(),
     }
     with open(result_path, "w") as f:
         json.dump(result, f)

@@ -1,8 +1,7 @@
-"""Amortized time per image against the batch size, hecnn and OpenFHE, from ``bench peers``
-runs saved with ``--json`` (each run measures one batch size; the plot puts runs together).
-
-Needs matplotlib (the ``plots`` or ``peers`` extra).
-"""
+"""The docs' view of ``bench peers`` runs saved with ``--json``: one markdown table of every
+row, and a plot of amortized time per image against the batch size for hecnn and OpenFHE (each
+run measures one batch size; the plot puts runs together; needs matplotlib, the ``peers``
+extra)."""
 
 from __future__ import annotations
 
@@ -49,3 +48,35 @@ def plot_amortized(json_files: list[Path], out: Path, networks: tuple[str, ...] 
     fig.savefig(out, dpi=120)
     plt.close(fig)
     return pts
+
+
+def markdown_table(json_files: list[Path]) -> str:
+    """All rows of the runs as a markdown table (``~``: projected from a stopped run)."""
+    head = (
+        "| network | system | packing | parameters | images | server s | CPU s "
+        "| ms/image (batch) or latency ms (image) | peak RSS GiB | agreement % | max logit err "
+        "| hecnn speed-up |"
+    )
+    lines = [head, "|" + "---|" * 12]
+
+    def num(v, fmt, proj=""):
+        return "—" if v is None else f"{proj}{v:{fmt}}"
+
+    for f in json_files:
+        for r in json.loads(Path(f).read_text()):
+            if r["status"] in ("skipped", "failed"):
+                lines.append(
+                    f"| {r['network']} | {r['system']} | {r['packing']} | {r['status']}: "
+                    f"{r['note']} | | | | | | | | |"
+                )
+                continue
+            proj = "~" if r["status"] == "stopped" else ""
+            lines.append(
+                f"| {r['network']} | {r['system']} | {r['packing']} | {r['params']} "
+                f"| {r['images']} | {num(r['total_s'], '.1f', proj)} "
+                f"| {num(r.get('cpu_s'), '.1f', proj)} | {num(r['ms'], '.3f', proj)} "
+                f"| {num(r['peak_rss'] / 2**30 if r['peak_rss'] else None, '.2f')} "
+                f"| {num(r['agreement'], '.2f')} | {num(r['max_error'], '.1e')} "
+                f"| {num(r['ratio'], '.2f')}{'×' if r['ratio'] else ''} |"
+            )
+    return "\n".join(lines)
