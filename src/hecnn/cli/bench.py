@@ -131,6 +131,11 @@ def bench_peers(
         300.0, help="Stop a hecnn batch run after this many seconds and project the rest."
     ),
     workdir: str = typer.Option("", help="Keep the exchanged .npz/.json files here."),
+    openfhe_threads: int = typer.Option(
+        0,
+        help="OpenMP threads for OpenFHE (default: all cores; on an oversubscribed machine "
+        "1 is much faster, see docs/benchmarks.md).",
+    ),
 ) -> None:
     """hecnn vs OpenFHE, Orion and SEAL on the same nets, weights and images.
 
@@ -149,6 +154,7 @@ def bench_peers(
         batch_nets=_names(batch_nets),
         install=install,
         time_limit=time_limit,
+        openfhe_threads=openfhe_threads or None,
         workdir=Path(workdir) if workdir else None,
         json_out=Path(json_out) if json_out else None,
     )

@@ -321,6 +321,7 @@ def run_peers(
     batch_nets: tuple[str, ...] | None = None,
     install: bool = True,
     time_limit: float = HECNN_TIME_LIMIT,
+    openfhe_threads: int | None = None,
     workdir: Path | None = None,
     json_out: Path | None = None,
     console: Console | None = None,
@@ -332,7 +333,7 @@ def run_peers(
     orion_images = orion_images or (3 if quick else 5)
     if image_nets is None:
         image_nets = ("lola_mnist",) if quick else tuple(IMAGE_NETS)
-    threads = os.cpu_count() or 1
+    threads = openfhe_threads or os.cpu_count() or 1
     rows: list[PeerRow] = []
     tmp = None
     if workdir is None:
