@@ -139,7 +139,7 @@ def openfhe_row(name: str, batch: int, python, workdir: Path, threads: int, log)
         name,
         f"OpenFHE {res.get('version', '')}".strip(),
         "batch",
-        f"N=2^{res['ring_dim'].bit_length() - 1}, depth {res['depth']}, {threads} threads",
+        f"N=2^{res['ring_dim'].bit_length() - 1}, depth {res['depth']}, {threads} thread{'s' if threads > 1 else ''}",
         batch,
         server,
         1e3 * server / batch,
