@@ -182,3 +182,10 @@ def test_openfhe_runner_on_a_tiny_batch_agrees_with_the_plaintext_model(tmp_path
     assert out.result["depth"] == 5 and out.result["batch"] == 32
     assert np.array_equal(out.logits.argmax(1), want.argmax(1))
     assert np.abs(out.logits - want).max() < 1e-3
+
+
+def test_no_per_image_packing_is_a_skipped_hecnn_latency_row(monkeypatch):
+    monkeypatch.setitem(sys.modules, "hecnn.benchmarks.latency", None)  # import fails
+    row = bench.hecnn_latency_row("lola_mnist", 2, log=lambda s: None)
+    assert row.status == "skipped" and row.note == "hecnn per-image packing not available"
+    assert row.ms is None

@@ -17,7 +17,6 @@ amortized server ms/image for batch packing, latency for per-image packing. The 
 
 from __future__ import annotations
 
-import inspect
 import json
 import os
 import platform
@@ -186,49 +185,28 @@ def orion_row(name: str, images: int, python, workdir: Path, log) -> PeerRow:
 
 
 def hecnn_latency_row(name: str, images: int, log) -> PeerRow:
-    """hecnn's per-image latency, when the compiler offers per-image packing."""
-    from hecnn.compile import compile_model
-
+    """hecnn's per-image latency, measured by ``hecnn bench latency`` when this hecnn has
+    per-image packing (``hecnn.benchmarks.latency``); otherwise a skipped row saying so."""
     row = PeerRow(name, "hecnn", "image")
-    if "packing" not in inspect.signature(compile_model).parameters:
+    try:
+        from hecnn.benchmarks.latency import bench_latency
+    except ImportError:
         row.status = "skipped"
         row.note = "hecnn per-image packing not available"
         return row
     try:
-        return _hecnn_latency(name, images, row, log)
-    except (HecnnError, TypeError, ValueError) as exc:
+        r = bench_latency(name, images=images, log=log)
+    except (HecnnError, TypeError, ValueError, AttributeError) as exc:
         row.status = "skipped"
-        row.note = f"hecnn per-image packing not available: {exc}"
+        row.note = f"hecnn per-image latency failed: {exc}"
         return row
-
-
-def _hecnn_latency(name: str, images: int, row: PeerRow, log) -> PeerRow:
-    import time
-
-    from hecnn.ckks.context import CkksContext
-    from hecnn.ckks.keys import KeyGenerator
-    from hecnn.compile import compile_model
-    from hecnn.runtime import decrypt_outputs, encrypt_images, run
-
-    model, dataset, _ = load_model(name)
-    x, _ = load_images(dataset, max(images, FIT_IMAGES))
-    plan = compile_model(model, tuple(x.shape[1:]), batch=1, calib=x[:FIT_IMAGES], packing="image")
-    ctx = CkksContext(plan.params)
-    kg = KeyGenerator(ctx)
-    sk = kg.secret_key()
-    pk, evk = kg.public_key(sk), kg.evaluation_keys(sk)
-    logits, lat = [], []
-    for k in range(images):
-        ct = encrypt_images(plan, ctx, pk, x[k : k + 1])
-        t0 = time.perf_counter()
-        out = run(plan, ct, evk)
-        lat.append(time.perf_counter() - t0)
-        logits.append(decrypt_outputs(ctx, sk, out, 1)[0])
-    steady = lat[1:] or lat
-    row.params = f"N=2^{plan.params.n.bit_length() - 1}, {plan.params.max_level} levels"
-    row.images, row.total_s, row.ms = images, sum(lat), 1e3 * statistics.median(steady)
-    _compare(row, np.stack(logits), _plain_logits(model, x[:images]))
-    log(f"{name}: hecnn per-image median latency {row.ms:.1f} ms")
+    row.params = r.params or f"N=2^{r.n.bit_length() - 1}, {r.levels} levels"
+    row.images = images
+    row.total_s = r.first_s + sum(r.runs_s)
+    row.ms = 1e3 * r.latency_s
+    row.cpu_s = statistics.median(r.cpu_s) if r.cpu_s else None
+    row.agreement, row.max_error = r.agreement, r.max_error
+    row.note = f"first image {r.first_s:.2f} s (encodes the weight diagonals)"
     return row
 
 
