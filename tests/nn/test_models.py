@@ -12,6 +12,8 @@ from hecnn.nn.models import ACTIVATIONS, MODELS, build_model, fx_trace
 INPUT = {
     "ishiyama_mnist": (1, 28, 28),
     "cryptonets_mnist": (1, 28, 28),
+    "lola_mnist": (1, 28, 28),
+    "lenet5_mnist": (1, 28, 28),
     "ishiyama_cifar": (3, 32, 32),
     "hemet_squeezenet": (3, 32, 32),
     "resnet20": (3, 32, 32),
@@ -46,6 +48,7 @@ def test_only_allowed_module_types():
         torch.nn.Conv2d,
         torch.nn.Linear,
         torch.nn.BatchNorm2d,
+        torch.nn.BatchNorm1d,  # after a Linear (Orion's LoLa and LeNet-5); folds like BatchNorm2d
         torch.nn.AvgPool2d,
         torch.nn.AdaptiveAvgPool2d,
         torch.nn.Flatten,

@@ -56,6 +56,9 @@ WEIGHTS = {
     "cryptonets_mnist": ("file", "cryptonets_mnist_square.pt"),
     "ishiyama_cifar": ("file", "cifar_ishiyama_swish4.pt"),
     "hemet_squeezenet": ("file", "cifar_squeeze_poly_element_kd.pt"),
+    # Orion's own MNIST nets (hecnn bench peers), square activations
+    "lola_mnist": ("file", "lola_mnist_square.pt"),
+    "lenet5_mnist": ("file", "lenet5_mnist_square.pt"),
 }
 DEFAULT_TIME_LIMIT = 1500.0
 #: features encrypted (and written) at once by the client

@@ -152,3 +152,66 @@ def bench_latency(
     from hecnn.benchmarks.latency import main
 
     main(model, images=images, weights_dir=Path(weights) if weights else None, quiet=quiet)
+
+
+@bench_app.command("peers")
+def bench_peers(
+    quick: bool = typer.Option(
+        False,
+        "--quick",
+        help="1024 images, OpenFHE on cryptonets_mnist and Orion on LoLa only (< 10 min once "
+        "set up).",
+    ),
+    peers: str = typer.Option("openfhe,orion,seal", help="Comma-separated peers to run."),
+    batch: int = typer.Option(0, help="Images per batch-packed run (default 8192; quick 1024)."),
+    orion_images: int = typer.Option(0, help="Images Orion classifies one by one (5; quick 3)."),
+    nets: str = typer.Option(
+        "",
+        help="Per-image networks: lola_mnist,lenet5_mnist (default both; quick lola_mnist); "
+        "'none' for none.",
+    ),
+    batch_nets: str = typer.Option(
+        "", help="Batch-packed networks (default cryptonets_mnist,ishiyama_mnist); 'none'."
+    ),
+    install: bool = typer.Option(
+        True, "--install/--no-install", help="Create missing peer environments (pip, once)."
+    ),
+    json_out: str = typer.Option("", "--json", help="Also write the rows as JSON here."),
+    time_limit: float = typer.Option(
+        300.0, help="Stop a hecnn batch run after this many seconds and project the rest."
+    ),
+    workdir: str = typer.Option("", help="Keep the exchanged .npz/.json files here."),
+    openfhe_threads: int = typer.Option(
+        0,
+        help="OpenMP threads for OpenFHE (default: all cores; on an oversubscribed machine "
+        "1 is much faster, see docs/benchmarks.md).",
+    ),
+) -> None:
+    """hecnn vs OpenFHE, Orion and SEAL on the same nets, weights and images.
+
+    Last line: vs_openfhe=<hecnn speed-up, batch> vs_orion=<hecnn speed-up, latency>.
+    """
+    from pathlib import Path
+
+    from hecnn.benchmarks.peers import run_peers
+
+    run_peers(
+        quick=quick,
+        peers=tuple(p.strip() for p in peers.split(",") if p.strip()),
+        batch=batch or None,
+        orion_images=orion_images or None,
+        image_nets=_names(nets),
+        batch_nets=_names(batch_nets),
+        install=install,
+        time_limit=time_limit,
+        openfhe_threads=openfhe_threads or None,
+        workdir=Path(workdir) if workdir else None,
+        json_out=Path(json_out) if json_out else None,
+    )
+
+
+def _names(arg: str) -> tuple[str, ...] | None:
+    """Comma-separated names; '' → None (the default), 'none' → ()."""
+    if arg.strip() == "none":
+        return ()
+    return tuple(n.strip() for n in arg.split(",") if n.strip()) or None

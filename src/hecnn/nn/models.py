@@ -27,6 +27,8 @@ __all__ = [
     "HemetSqueezeNet",
     "IshiyamaCIFAR",
     "IshiyamaMNIST",
+    "LeNet5MNIST",
+    "LolaMNIST",
     "ResNet20",
     "build_model",
     "fx_trace",
@@ -136,6 +138,54 @@ class CryptoNetsMNIST(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.flatten(self.act1(self.conv(x)))
         return self.fc2(self.act2(self.fc1(x)))
+
+
+class LolaMNIST(nn.Module):
+    """The LoLa-style MNIST net Orion ships (``orion.models.LoLA``), kept layer for layer so the
+    same weights load into both: Conv(1→5, 2×2, stride 2) → BN → act → Linear(980→100) → BN →
+    act → Linear(100→classes). Used to compare with Orion (``hecnn bench peers``).
+    """
+
+    def __init__(self, activation: str = "square", num_classes: int = 10) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(1, 5, 2, stride=2)
+        self.bn1 = nn.BatchNorm2d(5)
+        self.act1 = make_activation(activation, (5, 14, 14))
+        self.flatten = nn.Flatten()
+        self.fc1 = nn.Linear(980, 100)
+        self.bn2 = nn.BatchNorm1d(100)
+        self.act2 = make_activation(activation, (100,))
+        self.fc2 = nn.Linear(100, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.flatten(self.act1(self.bn1(self.conv1(x))))
+        return self.fc2(self.act2(self.bn2(self.fc1(x))))
+
+
+class LeNet5MNIST(nn.Module):
+    """The LeNet-5 variant Orion ships (``orion.models.LeNet``), layer for layer: Conv(1→32,
+    5×5, s2, p2) → BN → act → Conv(32→64, 5×5, s2, p2) → BN → act → Linear(3136→512) → BN → act
+    → Linear(512→classes). Used to compare with Orion (``hecnn bench peers``).
+    """
+
+    def __init__(self, activation: str = "square", num_classes: int = 10) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(1, 32, 5, stride=2, padding=2)
+        self.bn1 = nn.BatchNorm2d(32)
+        self.act1 = make_activation(activation, (32, 14, 14))
+        self.conv2 = nn.Conv2d(32, 64, 5, stride=2, padding=2)
+        self.bn2 = nn.BatchNorm2d(64)
+        self.act2 = make_activation(activation, (64, 7, 7))
+        self.flatten = nn.Flatten()
+        self.fc1 = nn.Linear(7 * 7 * 64, 512)
+        self.bn3 = nn.BatchNorm1d(512)
+        self.act3 = make_activation(activation, (512,))
+        self.fc2 = nn.Linear(512, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.act1(self.bn1(self.conv1(x)))
+        x = self.flatten(self.act2(self.bn2(self.conv2(x))))
+        return self.fc2(self.act3(self.bn3(self.fc1(x))))
 
 
 class _ConvActBN(nn.Sequential):
@@ -248,6 +298,8 @@ MODELS: dict[str, tuple[Callable[..., nn.Module], str]] = {
     "ishiyama_mnist": (IshiyamaMNIST, "mnist"),
     "ishiyama_cifar": (IshiyamaCIFAR, "cifar10"),
     "cryptonets_mnist": (CryptoNetsMNIST, "mnist"),
+    "lola_mnist": (LolaMNIST, "mnist"),
+    "lenet5_mnist": (LeNet5MNIST, "mnist"),
     "hemet_squeezenet": (HemetSqueezeNet, "cifar10"),
     "resnet20": (ResNet20, "cifar10"),
 }
