@@ -92,7 +92,9 @@ def train(epochs: int, seed: int) -> None:
     print(f"test accuracy {100 * acc:.2f}% → {WEIGHTS}")
 
 
-def run_encrypted(alpha: int, batch: int | None, insecure_ring: int | None) -> dict:
+def run_encrypted(
+    alpha: int, batch: int | None, insecure_ring: int | None, mapped: bool | None = None
+) -> dict:
     xtr, _, xte, yte = load_mnist12()
     model = ShallowReluNet()
     model.load_state_dict(torch.load(WEIGHTS))
@@ -126,7 +128,8 @@ def run_encrypted(alpha: int, batch: int | None, insecure_ring: int | None) -> d
     evk = kg.evaluation_keys(sk)
     t_keygen = time.perf_counter() - t
     t = time.perf_counter()
-    if insecure_ring is None:  # 21 MB a ciphertext: the server maps the client's file
+    mapped = insecure_ring is None if mapped is None else mapped
+    if mapped:  # 21 MB a ciphertext at N = 2^16: the server maps the client's file
         tmp = Path(tempfile.mkdtemp(prefix="hecnn-e2e-"))
         cts = encrypt_to_file(plan, ctx, pk, images.numpy(), tmp / "inputs.npy")
     else:
@@ -146,7 +149,7 @@ def run_encrypted(alpha: int, batch: int | None, insecure_ring: int | None) -> d
     t = time.perf_counter()
     got = decrypt_outputs(ctx, sk, out, batch)
     t_decrypt = time.perf_counter() - t
-    if insecure_ring is None:
+    if mapped:
         del cts
         for f in tmp.iterdir():
             f.unlink()
@@ -196,15 +199,26 @@ def main() -> None:
     rn.add_argument("--alpha", type=int, default=10)
     rn.add_argument("--batch", type=int, default=None, help="default: every slot of the ring")
     rn.add_argument("--insecure-ring", type=int, default=None, help="tests only: below 128-bit")
+    rn.add_argument(
+        "--inputs",
+        choices=["file", "memory"],
+        default=None,
+        help="encrypted inputs mapped from a file (default at 128-bit) or held in memory",
+    )
+    rn.add_argument("--out", default=None, help="result JSON (default: benchmarks/results/…)")
     args = ap.parse_args()
     if args.cmd == "train":
         train(args.epochs, args.seed)
         return
-    res = run_encrypted(args.alpha, args.batch, args.insecure_ring)
+    mapped = None if args.inputs is None else args.inputs == "file"
+    res = run_encrypted(args.alpha, args.batch, args.insecure_ring, mapped)
+    res["inputs"] = (
+        "file" if (mapped if mapped is not None else args.insecure_ring is None) else "memory"
+    )
     print(json.dumps(res, indent=2))
-    if args.insecure_ring is None:
+    if args.insecure_ring is None or args.out:
         RESULTS.mkdir(exist_ok=True)
-        path = RESULTS / f"composite_e2e_alpha{args.alpha}.json"
+        path = Path(args.out) if args.out else RESULTS / f"composite_e2e_alpha{args.alpha}.json"
         path.write_text(json.dumps(res, indent=2) + "\n")
         print(f"→ {path}")
 
