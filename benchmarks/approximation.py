@@ -589,8 +589,12 @@ the pieces it is made of pass at N = 2^16 in isolation: encryption, product, lin
 combination, and the whole α = 10 sign chain from level 38 (max error 7·10⁻³ on 32768 slots).
 A node-by-node replay at N = 2^16 (one conv channel, decrypting every node) matched the
 simulation through the first max-pool differences (errors 16–20× those at N = 2^12, as the
-larger ring's noise predicts) when this session ended; where it breaks is not known yet. See
-the closing note of the session and the issue filed for it.
+larger ring's noise predicts) before it ran out of memory (unstreamed, the α = 10 chain on 72
+ciphertexts of 20–30 MB holds > 20 GiB). A rerun on an idle machine with the inputs in memory
+instead of a mapped file (`--inputs memory`, 701 s, 21.4 ms/image, peak 12.7 GiB) fails the
+same way (agreement 9.7 %, max error 1.07·10¹² ≈ 1000·2^30 — the size of a modulus wrap or a
+scale off by one prime), so neither the file mapping nor the load is the cause; where it
+breaks is not known yet (see the session's closing note).
 
 `benchmarks/composite_e2e.py`: `conv4×4/2(4) → maxpool2 → ReLU → fc10` on 12×12 MNIST
 digits (the client averages 2×2 and keeps the centre), trained here as a plain ReLU network
