@@ -230,8 +230,8 @@ def test_mismatched_operands_raise(ctx, keys, rng):
 
 def test_decrypt_at_a_level_beyond_float_range():
     """Q above 2^1024 (N = 2^16, 39 levels): small values still decrypt (no inf·0 = nan)."""
-    from hecnn.ckks.rns import centered_to_float
     from hecnn.ckks.primes import ntt_primes
+    from hecnn.ckks.rns import centered_to_float
 
     qs = ntt_primes(31, 1 << 12, 40)
     value = np.array([[5, -7, 0, 123456789]], dtype=np.int64)

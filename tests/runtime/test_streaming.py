@@ -185,7 +185,7 @@ def test_unstreamed_affine_in_pieces_equals_the_whole_product():
     from hecnn.compile.streaming import AFFINE_PIECE
     from hecnn.runtime.executor import _affine, _affine_pieces
 
-    plan, ctx, sk, evk, ct, ref = _setup(Expand(), (1, 6, 6))
+    plan, _ctx, _sk, evk, ct, _ref = _setup(Expand(), (1, 6, 6))
     first = next(n for n in plan.nodes if isinstance(n, AffineNode))
     assert first.features > AFFINE_PIECE
     pieces, whole = _affine_pieces(first, ct, evk), _affine(first, ct, evk)
