@@ -593,8 +593,14 @@ larger ring's noise predicts) before it ran out of memory (unstreamed, the α = 
 ciphertexts of 20–30 MB holds > 20 GiB). A rerun on an idle machine with the inputs in memory
 instead of a mapped file (`--inputs memory`, 701 s, 21.4 ms/image, peak 12.7 GiB) fails the
 same way (agreement 9.7 %, max error 1.07·10¹² ≈ 1000·2^30 — the size of a modulus wrap or a
-scale off by one prime), so neither the file mapping nor the load is the cause; where it
-breaks is not known yet (see the session's closing note).
+scale off by one prime), so neither the file mapping nor the load is the cause. Encrypting
+with the client's secret key (fresh noise ~σ instead of ~N·σ; `--encrypt-with secret`, 803 s)
+fails the same way (10.1 %). At N = 2^15 (test switch, 16384 images, 377 s) the plan agrees
+99.6 % but a few slots reach 8·10⁹: slots that leave a polynomial's interval explode, and at
+N = 2^16 they wrap the modulus, which corrupts every slot. Widening each stage's interval
+(1.01 → 1.1) made it worse (the high-degree stages are huge just outside their interval, so
+their Chebyshev coefficients grow). Where the first slot leaves its interval is not known yet
+(see the session's closing note); results: `benchmarks/results/composite_e2e_alpha10*.json`.
 
 `benchmarks/composite_e2e.py`: `conv4×4/2(4) → maxpool2 → ReLU → fc10` on 12×12 MNIST
 digits (the client averages 2×2 and keeps the centre), trained here as a plain ReLU network
