@@ -103,7 +103,11 @@ def test_a_runner_that_fails_is_a_clear_error(tmp_path):
         pass
     arrays = exchange.network_layers(_Chain().eval(), (1, 7, 7))
     arrays.update(
-        images=np.zeros((2, 49)), ring_dim=1024, scale_bits=40, first_mod_bits=60, security="none"
+        images=np.zeros((2, 49)),
+        ring_dim=1024,
+        scale_bits=40,
+        first_mod_bits=60,
+        security="insecure_test_only",
     )
     with pytest.raises(exchange.PeerRunError, match=r"openfhe_runner\.py exited with 1.*openfhe"):
         exchange.run_runner(sys.executable, "openfhe_runner.py", arrays, tmp_path)
@@ -172,10 +176,10 @@ def test_openfhe_runner_on_a_tiny_batch_agrees_with_the_plaintext_model(tmp_path
     arrays = exchange.network_layers(model, (1, 7, 7))
     arrays.update(
         images=x.reshape(32, -1).double().numpy(),
-        ring_dim=1024,  # insecure: tests only (security="none")
+        ring_dim=1024,  # insecure: tests only (security="insecure_test_only")
         scale_bits=45,
         first_mod_bits=60,
-        security="none",
+        security="insecure_test_only",
     )
     out = exchange.run_runner(python, "openfhe_runner.py", arrays, tmp_path, threads=2)
     want = model(x).double().detach().numpy()

@@ -9,7 +9,7 @@ file imports only the standard library, numpy and openfhe. Usage::
 ``NET.npz`` holds ``images`` (B × features, float), ``kinds`` (``"affine"``/``"poly"`` per layer),
 ``W<i>``/``b<i>`` (dense out × in matrix and bias) for affine layers and ``C<i>`` ((degree + 1) ×
 features, ascending powers) for polynomial layers, and the parameters ``ring_dim``,
-``scale_bits``, ``first_mod_bits`` and ``security`` (``"128"`` or ``"none"``, the latter for
+``scale_bits``, ``first_mod_bits`` and ``security`` (``"128"`` or ``"insecure_test_only"``, the latter for
 small test rings only). ``OUT.npz`` gets the decrypted ``logits`` (B × classes); ``RESULT.json``
 the parameters, the stage times and the peak resident memory.
 
@@ -86,10 +86,12 @@ def _context(ring_dim: int, depth: int, scale_bits: int, first_bits: int, securi
     p.SetScalingTechnique(fhe.ScalingTechnique.FIXEDMANUAL)
     p.SetRingDim(ring_dim)
     p.SetBatchSize(ring_dim // 2)
-    if security == "none":
+    if security == "insecure_test_only":  # tiny rings in unit tests only
         p.SetSecurityLevel(fhe.SecurityLevel.HEStd_NotSet)
-    else:
+    elif security == "128":
         p.SetSecurityLevel(fhe.SecurityLevel.HEStd_128_classic)
+    else:
+        raise ValueError(f"security must be '128' or 'insecure_test_only', got {security!r}")
     cc = fhe.GenCryptoContext(p)
     cc.Enable(fhe.PKESchemeFeature.PKE)
     cc.Enable(fhe.PKESchemeFeature.KEYSWITCH)
