@@ -582,25 +582,27 @@ multiplied by |x|). Precision beyond ~2^-13 needs a larger scale — two primes 
         e2e = f"""
 ### End to end: a pre-trained ReLU + max-pool CNN, encrypted
 
-**Status: the N = 2^16 run below FAILED** (decrypted logits are garbage: label agreement 10 %,
-chance level), although the same plan at N = 2^12 (`--insecure-ring 4096`, 256 images, and
-with the input mapped from a file and 9-feature chunks) agrees 100 % with its simulation, and
-the pieces it is made of pass at N = 2^16 in isolation: encryption, product, linear
-combination, and the whole α = 10 sign chain from level 38 (max error 7·10⁻³ on 32768 slots).
-A node-by-node replay at N = 2^16 (one conv channel, decrypting every node) matched the
-simulation through the first max-pool differences (errors 16–20× those at N = 2^12, as the
-larger ring's noise predicts) before it ran out of memory (unstreamed, the α = 10 chain on 72
-ciphertexts of 20–30 MB holds > 20 GiB). A rerun on an idle machine with the inputs in memory
-instead of a mapped file (`--inputs memory`, 701 s, 21.4 ms/image, peak 12.7 GiB) fails the
-same way (agreement 9.7 %, max error 1.07·10¹² ≈ 1000·2^30 — the size of a modulus wrap or a
-scale off by one prime), so neither the file mapping nor the load is the cause. Encrypting
-with the client's secret key (fresh noise ~σ instead of ~N·σ; `--encrypt-with secret`, 803 s)
-fails the same way (10.1 %). At N = 2^15 (test switch, 16384 images, 377 s) the plan agrees
-99.6 % but a few slots reach 8·10⁹: slots that leave a polynomial's interval explode, and at
-N = 2^16 they wrap the modulus, which corrupts every slot. Widening each stage's interval
-(1.01 → 1.1) made it worse (the high-degree stages are huge just outside their interval, so
-their Chebyshev coefficients grow). Where the first slot leaves its interval is not known yet
-(see the session's closing note); results: `benchmarks/results/composite_e2e_alpha10*.json`.
+**Status: the N = 2^16 run agrees with its simulation** (table below). Sessions before this
+one recorded it as *failed* (agreement 10 %, logits ≈ 10¹²), with the inputs mapped or in
+memory, public- or secret-key encryption. The cause, found by a node-by-node replay at
+N = 2^15 that decrypted every node (all 16384 slots) and compared it with the plaintext
+simulation: **the executor relinearized ciphertext products *after* their rescale.** The key
+switch adds noise of a fixed size in the integers (~N·σ·√digits after the division by the
+special primes); after the rescale it meets the message at its working scale — here Δ/r ≈
+2^24.9, the scale of a max-pool round's output that is the next sign chain's input x/r — and
+cost ~6 bits: the first round's product `d·sign(d)` came out with a max error of 0.66 (the
+sign's own error allows 0.07), the second round's sign inputs left their interval (|u| up to
+1.02), the degree-13 stage amplified that to 5.5, the ReLU's last stage to 10¹⁶, and the
+logits wrapped the modulus. Relinearizing *before* the rescale divides that noise by the prime
+with the rest: the same replay then stays inside every interval (max |u| 0.9902 against the
+plaintext's 0.9901) and ends with a max logit error of 6·10⁻³. Two fixes in the runtime: every
+planned relinearization now comes before its node's rescale (products, and the lazy
+relinearization after an affine layer), and a rescaled `MulNode` is always relinearized (a
+3-component product rescaled meets the rounding with s², ~2^-7 in the slots at N = 2^16 and
+Δ/r). At N = 2^12 the α = 10 test network's relative error fell from 5·10⁻⁴ … 1.4·10⁻³ to
+1·10⁻⁵ (`tests/runtime/test_composite_encrypted.py` now asserts < 10⁻⁴). And decryption now
+*raises* (`ScaleError: decryption overflow`) when the coefficients fill the modulus instead
+of returning the wrapped numbers.
 
 `benchmarks/composite_e2e.py`: `conv4×4/2(4) → maxpool2 → ReLU → fc10` on 12×12 MNIST
 digits (the client averages 2×2 and keeps the centre), trained here as a plain ReLU network
@@ -608,13 +610,21 @@ digits (the client averages 2×2 and keeps the centre), trained here as a plain 
 converted with `hecnn.approximate(model, alpha=α, calib=1024 training digits, margin=1.5)`,
 compiled at 128-bit security and run on a full batch (every slot; the 1996 test digits
 repeated) with `python benchmarks/composite_e2e.py run --alpha α` (inputs encrypted to a
-file the server maps; `HECNN_MEMORY_GIB=6`). Measured on this 2-core machine while three
-other agents' jobs shared it (times are upper bounds). *vs simulation*: the plaintext
+file the server maps, public-key encryption; `HECNN_MEMORY_GIB=6`), on this 2-core machine,
+idle. *vs simulation*: the plaintext
 simulation of the compiled plan (what the server computes); *vs original*: the ReLU model.
 
 | α | N | levels | log QP | batch | sign chains | relins | keygen / encrypt / infer / decrypt (s) | ms/image | peak RSS (GiB) | agreement vs simulation (%) | vs original (%) | max \\|Δ logit\\| | accuracy original / encrypted (%) |
 |---|---|---|---|---|---|---|---|---|---|---|---|---|---|
-{e2e}"""
+{e2e}
+Labels that differ from the simulation can only be near-ties: with every logit within the max
+error ε of its simulated value, an argmax flips only where the simulated top two are closer
+than 2ε (α = 10: 4 of 32768 slots, ε = 0.015). Where the time goes (α = 10): the first
+max-pool round's three sign stages on 72 features 8 chunks × ~65 s, the second round's on 36
+features 131 s, the ReLU's on 36 features (at lower levels) 52 s; the affine layers a few
+seconds. A per-node trace of the encrypted errors: `python benchmarks/node_replay.py
+[--insecure-ring 32768]`.
+"""
     return head + table + e2e + "\n"
 
 

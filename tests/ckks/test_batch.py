@@ -43,9 +43,10 @@ def test_encrypt_decrypt(ctx, keys, rng, which):
     assert c.level == ctx.params.max_level and len(c) == 3
     err = np.abs(decrypt(ctx, c, sk) - x).max()
     assert err < 2e-3
-    # a wrong key decrypts to garbage
+    # a wrong key decrypts to garbage, which fills the modulus: an error, not numbers
     other = KeyGenerator(ctx).secret_key()
-    assert np.abs(decrypt(ctx, c, other) - x).max() > 1
+    with pytest.raises(ScaleError, match="decryption overflow"):
+        decrypt(ctx, c, other)
 
 
 def test_add_sub_neg_const_plain(ctx, keys, rng):
@@ -237,3 +238,37 @@ def test_decrypt_at_a_level_beyond_float_range():
     value = np.array([[5, -7, 0, 123456789]], dtype=np.int64)
     residues = np.stack([value % q for q in qs], axis=-2)  # (1, 40, 4)
     assert np.array_equal(centered_to_float(residues, qs), value.astype(np.float64))
+
+
+@pytest.mark.parametrize("limbs", [1, 3, 40])
+def test_decryption_overflow_is_detected_from_the_top_digit(limbs):
+    """Values within 5 bits of Q/2 (garbage of a wrapped computation) raise; values below
+    Q/2^6 decode, also where Q exceeds float64's range (40 limbs of 31 bits)."""
+    from hecnn.ckks.primes import ntt_primes
+    from hecnn.ckks.rns import OVERFLOW_BITS, centered_to_float
+
+    qs = ntt_primes(31, 1 << 12, limbs)
+    big = 1
+    for q in qs:
+        big *= q
+
+    def residues(values: list[int]) -> np.ndarray:
+        return np.array([[[v % q for v in values] for q in qs]], dtype=np.int64)
+
+    fine = [big >> (OVERFLOW_BITS + 1), -(big >> (OVERFLOW_BITS + 1)), 3, -3]
+    centered_to_float(residues(fine), qs, check_overflow=True)  # no error
+    for v in (big >> (OVERFLOW_BITS - 1), -(big >> (OVERFLOW_BITS - 1)), big // 2 - 1):
+        with pytest.raises(ScaleError, match="decryption overflow"):
+            centered_to_float(residues([1, v]), qs, check_overflow=True)
+    centered_to_float(residues([1, big // 2 - 1]), qs)  # unchecked: still decodes
+
+
+def test_a_product_that_outgrows_the_modulus_raises_at_decryption(ctx, keys, rng):
+    """x·c at the lowest level, c an integer (scale 1): the scale is fine, but m·c·Δ outgrows
+    q_0 and wraps; decryption says so instead of returning the wrapped numbers."""
+    sk, pk, _ = keys
+    x = _x(rng, ctx=ctx)
+    c = encrypt(ctx, x, pk).drop_to(0)
+    assert np.abs(decrypt(ctx, c.mul_scalar(2.0, scale=1.0), sk) - 2 * x).max() < 1e-2
+    with pytest.raises(ScaleError, match="decryption overflow"):
+        decrypt(ctx, c.mul_scalar(float(2**14), scale=1.0), sk)

@@ -24,7 +24,7 @@ from hecnn.runtime.simulate import simulate
 RING = 1 << 12
 
 
-def _check(model: nn.Module, x: torch.Tensor, alpha: int):
+def _check(model: nn.Module, x: torch.Tensor, alpha: int, tol: float = 5e-3):
     am = hecnn.approximate(model.eval(), alpha=alpha, calib=x).eval()
     plan = compile_model(
         am, tuple(x.shape[1:]), batch=len(x), calib=x, insecure_ring_for_tests=RING
@@ -37,7 +37,7 @@ def _check(model: nn.Module, x: torch.Tensor, alpha: int):
     sk = kg.secret_key()
     out = run(plan, encrypt_images(plan, ctx, kg.public_key(sk), x.numpy()), kg.evaluation_keys(sk))
     got = decrypt_outputs(ctx, sk, out, len(x))
-    assert np.abs(got - ref).max() < 5e-3 * max(1.0, np.abs(ref).max())
+    assert np.abs(got - ref).max() < tol * max(1.0, np.abs(ref).max())
     assert (got.argmax(1) == ref.argmax(1)).all()
     return plan
 
@@ -73,7 +73,11 @@ def test_alpha_10_relu_and_maxpool_depth_optimal():
     model = nn.Sequential(
         nn.Conv2d(1, 2, 3, stride=2), nn.MaxPool2d(2), nn.ReLU(), nn.Flatten(), nn.Linear(8, 3)
     )
-    plan = _check(model, torch.randn(8, 1, 11, 11), alpha=10)
+    # measured relative error ~1e-5; relinearizing the products *after* their rescale (at the
+    # scale Δ/r of the next chain's input) gave 5e-4 … 1.4e-3, and failed at N = 2^16
+    plan = _check(model, torch.randn(8, 1, 11, 11), alpha=10, tol=1e-4)
+    muls = [n for n in plan.nodes if isinstance(n, MulNode)]
+    assert muls and all(n.relin_after and n.components == 2 for n in muls)
     sign = hecnn.approx.composite_sign(10)
     chains = [n for n in plan.nodes if isinstance(n, PolyNode)]
     assert all(n.chebyshev for n in chains) and len(chains) == 3 * 3  # 2 rounds + ReLU

@@ -107,7 +107,7 @@ def decrypt_raw(ctx: CkksContext, batch: CiphertextBatch, sk: SecretKey) -> np.n
     for c in range(batch.components - 2, -1, -1):  # Horner in s: ((c2·s) + c1)·s + c0
         acc = ctx.add(_mul_b(ctx, acc, s, idx), np.ascontiguousarray(d[:, c]), idx)
     ctx.intt(acc, idx)
-    return centered_to_float(acc, [int(ctx.primes[i]) for i in idx])
+    return centered_to_float(acc, [int(ctx.primes[i]) for i in idx], check_overflow=True)
 
 
 def decrypt(

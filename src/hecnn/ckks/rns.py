@@ -10,9 +10,25 @@ from __future__ import annotations
 
 import numpy as np
 
+from hecnn.errors import ScaleError
 
-def centered_to_float(residues: np.ndarray, primes: list[int]) -> np.ndarray:
-    """(…, L, N) residues modulo primes[0..L) → (…, N) float64 of the centered integer."""
+#: decrypted coefficients reaching Q/2^OVERFLOW_BITS mean the computation overflowed (see
+#: :func:`centered_to_float`): an honest result is far below Q/2, a wrapped one is uniform in
+#: [−Q/2, Q/2) and has every coefficient below Q/32 with probability 16^−N
+OVERFLOW_BITS = 5
+
+
+def centered_to_float(
+    residues: np.ndarray, primes: list[int], *, check_overflow: bool = False
+) -> np.ndarray:
+    """(…, L, N) residues modulo primes[0..L) → (…, N) float64 of the centered integer.
+
+    ``check_overflow``: raise :class:`~hecnn.errors.ScaleError` when some value reaches
+    Q/2^:data:`OVERFLOW_BITS` — read from the most significant mixed-radix digit d (value ≈
+    d·Q/q_top), so it works where Q exceeds float64's range. Decryption uses it: a message
+    times its scale that outgrew the modulus (scale or noise budget exhausted, a polynomial
+    evaluated far outside its interval, the wrong key) decrypts to uniform garbage, which must
+    not be returned as numbers."""
     res = np.asarray(residues, dtype=np.int64)
     qs = [int(q) for q in primes]
     if res.shape[-2] != len(qs):
@@ -21,6 +37,15 @@ def centered_to_float(residues: np.ndarray, primes: list[int]) -> np.ndarray:
     neg = _garner_digits(np.where(res == 0, 0, np.array(qs, dtype=np.int64)[:, None] - res), qs)
     top_q = qs[-1]
     negative = pos[-1] > (top_q - 1) // 2
+    if check_overflow:
+        top = np.where(negative, neg[-1], pos[-1])
+        if top.size and int(top.max()) << OVERFLOW_BITS >= top_q:
+            raise ScaleError(
+                "decryption overflow: the decrypted coefficients fill the ciphertext modulus "
+                f"(≥ Q/2^{OVERFLOW_BITS}), so the values are garbage — the computation exceeded "
+                "its scale or noise budget (an activation input far outside its polynomial's "
+                "range, too few levels), or the key does not match"
+            )
     if len(qs) == 1:
         return np.where(negative, -neg[0].astype(np.float64), pos[0].astype(np.float64))
     digits = [np.where(negative, nd, pd) for pd, nd in zip(pos, neg, strict=True)]
@@ -29,12 +54,13 @@ def centered_to_float(residues: np.ndarray, primes: list[int]) -> np.ndarray:
     with np.errstate(over="ignore"):
         weights = np.cumprod([1.0, *[float(q) for q in qs[:-1]]])
     value = np.zeros(digits[0].shape, dtype=np.float64)
-    for i in range(len(qs) - 1, -1, -1):
-        d = digits[i].astype(np.float64)
-        if np.isfinite(weights[i]):
-            value += d * weights[i]
-        else:
-            value += np.where(d == 0, 0.0, np.inf)
+    with np.errstate(over="ignore"):  # values beyond float64 (unchecked garbage) become ±inf
+        for i in range(len(qs) - 1, -1, -1):
+            d = digits[i].astype(np.float64)
+            if np.isfinite(weights[i]):
+                value += d * weights[i]
+            else:
+                value += np.where(d == 0, 0.0, np.inf)
     return np.where(negative, -value, value)
 
 

@@ -122,6 +122,12 @@ def plan_relinearization(
         for n in [last, *nodes[nodes.index(last) + 1 :]]:
             n.rescale = False
     for n in nodes:
+        if isinstance(n, MulNode) and n.rescale:
+            # a rescaled 3-component product meets the rounding with s² (~N/5 per coefficient,
+            # 2^-7 in the slots at N = 2^16 and the scale Δ/r of a composite ReLU's input):
+            # relinearize it first, whatever follows — one key switch per feature
+            n.relin_after = True
+            continue
         if not _multiplies(n) or n.name == output:
             continue
         if tail is not None and n is tail[0]:

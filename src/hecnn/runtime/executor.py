@@ -34,7 +34,7 @@ from hecnn.compile.streaming import (
 from hecnn.errors import LevelError, ParameterError, ShapeError
 from hecnn.runtime.chebyshev import add_coeff, evaluate_chebyshev, mul_coeff
 from hecnn.runtime.memory import file_mapping, peak_rss, release_rows, reset_peak_rss
-from hecnn.runtime.streaming import run_segment
+from hecnn.runtime.streaming import relinearize_then_rescale, run_segment
 
 #: features evaluated together in a polynomial node (bounds the 3-component temporaries; the
 #: memory model of :mod:`hecnn.compile.streaming` counts them per piece of this size)
@@ -222,12 +222,13 @@ def _affine(
     exponent: int | None = None,
 ) -> CiphertextBatch:
     """n's weights (or ``weights``, some of its rows, with ``bias`` and the whole matrix's
-    encoding ``exponent``) applied to x, then rescaled (not in the rescale-free tail)."""
+    encoding ``exponent``) applied to x, then relinearized where planned and rescaled (not in
+    the rescale-free tail)."""
     if weights is None:
         weights, bias = n.weights, n.bias
     extra = {} if exponent is None else {"exponent": exponent}  # streamed pieces share it
     y = x.linear_combination(weights, bias=bias, weight_scale=_weight_scale(n, x), **extra)
-    return y.rescale() if n.rescale else y
+    return relinearize_then_rescale(n, y, keys)
 
 
 def _affine_pieces(n: AffineNode, x: CiphertextBatch, keys: EvaluationKeys) -> CiphertextBatch:
@@ -347,7 +348,7 @@ def _poly_chunk(
         acc = x.square()
         for t in sch.terms[1:]:
             acc = acc + mul_coeff(x, coeffs[t.power], x.scale)
-        return add_coeff(acc.rescale(), coeffs[0])
+        return add_coeff(relinearize_then_rescale(n, acc, keys), coeffs[0])
     powers: dict[int, CiphertextBatch] = {1: x}
     for k in sch.powers:
         if k == 1:
@@ -388,11 +389,9 @@ def _mul(
     parts = []
     for s in range(0, len(a), POLY_CHUNK):
         y = _two(a[s : s + POLY_CHUNK], keys).mul(_two(b[s : s + POLY_CHUNK], keys))
-        if n.rescale:
-            if y.level <= y.params.min_level:
-                raise LevelError(f"{n.name}: no level left for the product")
-            y = y.rescale()
-        parts.append(y)
+        if n.rescale and y.level <= y.params.min_level:
+            raise LevelError(f"{n.name}: no level left for the product")
+        parts.append(relinearize_then_rescale(n, y, keys))
     return parts[0] if len(parts) == 1 else CiphertextBatch.stack(parts)
 
 

@@ -45,6 +45,19 @@ def _relinearize_as_planned(n: Node, y: CiphertextBatch, keys: EvaluationKeys) -
     return y.relinearize(keys) if n.relin_after and y.components > 2 else y
 
 
+def relinearize_then_rescale(n: Node, y: CiphertextBatch, keys: EvaluationKeys) -> CiphertextBatch:
+    """Finish a product (an affine layer's sums, a ciphertext product): the planned
+    relinearization *before* the rescale, then the rescale (where the node rescales).
+
+    The key switch adds noise of a fixed size (~N·σ·√digits after the mod-down by P);
+    before the rescale that noise is divided by the prime with the message's extra scale,
+    after it the noise meets the message at scale Δ — or at Δ/r for the input of a
+    Chebyshev stage, where 2^-25 slot units let one relinearization cost ~6 bits and sent
+    composite max-pool chains at N = 2^16 out of their intervals."""
+    y = _relinearize_as_planned(n, y, keys)
+    return y.rescale() if n.rescale else y
+
+
 class _PolyStage:
     def __init__(self, n: PolyNode, keys: EvaluationKeys, poly: Callable) -> None:
         self.node, self.keys, self.poly = n, keys, poly
@@ -148,9 +161,7 @@ class _AffineStage:
             y = CiphertextBatch(self.ctx, data, self.scale * self.delta_w)
             if self.node.bias is not None:
                 y = y.add_const(self.node.bias[idx])
-            if self.node.rescale:
-                y = y.rescale()
-            out.append((idx.astype(np.int64), _relinearize_as_planned(self.node, y, self.keys)))
+            out.append((idx.astype(np.int64), relinearize_then_rescale(self.node, y, self.keys)))
         self.done = []
         return out
 
