@@ -272,3 +272,34 @@ def test_a_product_that_outgrows_the_modulus_raises_at_decryption(ctx, keys, rng
     assert np.abs(decrypt(ctx, c.mul_scalar(2.0, scale=1.0), sk) - 2 * x).max() < 1e-2
     with pytest.raises(ScaleError, match="decryption overflow"):
         decrypt(ctx, c.mul_scalar(float(2**14), scale=1.0), sk)
+
+
+def test_sum_of_uneven_component_counts_equals_the_padded_sum(ctx, keys, rng):
+    """x² (3 components) + y (2 components, one level higher) in one pass, either order: the
+    same residues as padding y with a zero component and adding; constants add to c0 only."""
+    from hecnn.ckks.batch import _pad_components
+
+    sk, pk, _ = keys
+    x, y = _x(rng, ctx=ctx), _x(rng, ctx=ctx)
+    sq = encrypt(ctx, x, pk).square()
+    lin = encrypt(ctx, y, pk).mul_scalar(1.0, scale=sq.scale / ctx.params.scale)
+    lin = CiphertextBatch(ctx, lin.data, sq.scale)  # same scale (a fresh ct at Δ·Δ)
+    padded = ctx.add(sq.data, np.ascontiguousarray(_pad_components(lin.data, 3)), sq.idx)
+    for total in (sq + lin, lin + sq):
+        assert total.components == 3 and np.array_equal(total.data, padded)
+    low, sq_low = lin.drop_to(sq.level - 1), sq.drop_to(sq.level - 1)  # levels differ too
+    padded_low = ctx.add(
+        sq_low.data, np.ascontiguousarray(_pad_components(low.data, 3)), sq_low.idx
+    )
+    assert np.array_equal((sq + low).data, padded_low)
+    got = decrypt(ctx, (sq + lin).add_const(0.25), sk)
+    assert np.abs(got - (x * x + y + 0.25)).max() < 1e-2
+
+
+def test_one_pass_square_equals_the_general_product(ctx, keys, rng):
+    """The fused 2-component square (c0², 2·c0·c1, c1²) gives the residues of c·c exactly."""
+    _, pk, _ = keys
+    c = encrypt(ctx, _x(rng, ctx=ctx), pk)
+    assert np.array_equal(c.square().data, c.mul(c).data)
+    low = c.drop_to(1)
+    assert np.array_equal(low.square().data, low.mul(low).data)

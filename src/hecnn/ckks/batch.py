@@ -139,9 +139,25 @@ class CiphertextBatch:
 
     # -- additive operations ------------------------------------------------------------------
     def __add__(self, other: CiphertextBatch) -> CiphertextBatch:
+        if self.components != other.components and len(self) == len(other):
+            return self._add_uneven(other)
         a, b = self._aligned(other)
         x, y = np.broadcast_arrays(a.data, b.data)
         return a._like(self.ctx.add(np.ascontiguousarray(x), np.ascontiguousarray(y), a.idx))
+
+    def _add_uneven(self, other: CiphertextBatch) -> CiphertextBatch:
+        """Sum of batches with different component counts (e.g. x² + c·x before a rescale) in
+        one pass: the longer one's extra components are copied, not added to padded zeros."""
+        self._check_compatible(other, same_scale=True)
+        lvl = min(self.level, other.level)
+        long, short = (self, other) if self.components > other.components else (other, self)
+        long, short = long.drop_to(lvl), short.drop_to(lvl)
+        b, cl, limbs = len(long), long.components, lvl + 1
+        cs = short.components
+        # row (i, c, l) of the long batch meets row (i, c, l) of the short one for c < cs
+        i, c, l_ = np.meshgrid(np.arange(b), np.arange(cl), np.arange(limbs), indexing="ij")
+        b_row = np.where(c < cs, (i * cs + np.minimum(c, cs - 1)) * limbs + l_, -1)
+        return long._like(self.ctx.add_rows(long.data, short.data, b_row.reshape(-1), long.idx))
 
     def __sub__(self, other: CiphertextBatch) -> CiphertextBatch:
         a, b = self._aligned(other)
@@ -159,9 +175,10 @@ class CiphertextBatch:
         """
         v = np.broadcast_to(np.asarray(values, dtype=np.float64), (len(self),))
         res = self._encode_constants(np.round(v * self.scale))  # (B, limbs)
-        out = self.data.copy()
-        out[:, 0] = self.ctx.add_row_scalars(np.ascontiguousarray(out[:, 0]), res, self.idx)
-        return self._like(out)
+        # one pass over every row: c0's rows get the constant, the other components add 0
+        per_row = np.zeros((len(self), self.components, res.shape[1]), dtype=np.int64)
+        per_row[:, 0] = res
+        return self._like(self.ctx.add_row_scalars(self.data, per_row, self.idx))
 
     def _encode_constants(self, enc: np.ndarray) -> np.ndarray:
         """Residues (B, limbs) of integer-valued floats (exact beyond 2^63 too: see reduce_int)."""
@@ -253,6 +270,15 @@ class CiphertextBatch:
                 "relinearize first"
             )
         ctx, idx = self.ctx, self.idx
+        if self.components == 2 and self.data.flags.c_contiguous:  # the common case: one pass
+            out = np.empty((len(self), 3, *self.data.shape[2:]), dtype=np.int32)
+            limb_primes = np.ascontiguousarray(ctx.primes[idx], dtype=np.int64)
+            ctx.parallel(
+                len(self),
+                lambda lo, hi: kernels.square2_mod(self.data, out, lo, hi, limb_primes),
+                work=out.size,
+            )
+            return self._like(out, self.scale * self.scale)
         ac = [np.ascontiguousarray(self.data[:, i]) for i in range(self.components)]
         out = np.empty((len(self), comps, *ac[0].shape[1:]), dtype=np.int32)
         for k in range(comps):

@@ -275,6 +275,18 @@ class CkksContext:
         )
         return out
 
+    def add_rows(
+        self, a: np.ndarray, b: np.ndarray, b_row: np.ndarray, idx: np.ndarray
+    ) -> np.ndarray:
+        """a + b[b_row] row-wise (rows of N residues), a's rows copied where b_row < 0."""
+        out = np.empty_like(a)
+        ra, mi = self._rows(a, idx)
+        rb = self._rows(b, idx)[0]
+        self._rowwise(
+            kernels.add_mod_rows, [ra, b_row, self._rows(out, idx)[0]], mi, self.primes, rb
+        )
+        return out
+
     def add_row_scalars(self, a: np.ndarray, s: np.ndarray, idx: np.ndarray) -> np.ndarray:
         out = np.empty_like(a)
         ra, mi = self._rows(a, idx)

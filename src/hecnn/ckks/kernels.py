@@ -210,6 +210,24 @@ def mul_mod(a, b, out, mod_idx, primes):
 
 
 @nb.njit(nogil=True, cache=True)
+def square2_mod(a, out, lo, hi, limb_primes):
+    """(c0, c1)² = (c0², 2·c0·c1, c1²) for ciphertexts lo..hi in one pass: a (B, 2, L, N),
+    out (B, 3, L, N), limb_primes (L,) the primes of the limbs."""
+    limbs, n = a.shape[2], a.shape[3]
+    for i in range(lo, hi):
+        for li in range(limbs):
+            q = np.int64(limb_primes[li])
+            qinv = 1.0 / np.float64(q)
+            for j in range(n):
+                x0 = a[i, 0, li, j]
+                x1 = a[i, 1, li, j]
+                out[i, 0, li, j] = _mulmod(x0, x0, q, qinv)
+                t = _mulmod(x0, x1, q, qinv)
+                out[i, 1, li, j] = _addmod(t, t, q)
+                out[i, 2, li, j] = _mulmod(x1, x1, q, qinv)
+
+
+@nb.njit(nogil=True, cache=True)
 def mul_add_mod(a, b, acc, mod_idx, primes):
     """acc = acc + a·b mod q row-wise."""
     rows, n = a.shape
@@ -244,6 +262,24 @@ def add_mod(a, b, out, mod_idx, primes):
         q = np.int64(primes[mod_idx[r]])
         for j in range(n):
             out[r, j] = _addmod(a[r, j], b[r, j], q)
+
+
+@nb.njit(nogil=True, cache=True)
+def add_mod_rows(a, b_row, out, mod_idx, primes, b):
+    """out[r] = a[r] + b[b_row[r]] mod q, or a copy of a[r] where b_row[r] < 0.
+
+    The sum of ciphertexts with different component counts in one pass: the shorter one's
+    missing components are zeros, so their rows are copied instead of padded and added."""
+    rows, n = a.shape
+    for r in range(rows):
+        br = b_row[r]
+        if br < 0:
+            for j in range(n):
+                out[r, j] = a[r, j]
+            continue
+        q = np.int64(primes[mod_idx[r]])
+        for j in range(n):
+            out[r, j] = _addmod(a[r, j], b[br, j], q)
 
 
 @nb.njit(nogil=True, cache=True)
