@@ -23,9 +23,19 @@ def test_latency_bench_runs_checks_and_ends_with_its_line(monkeypatch, capsys):
     )
 
 
-def test_latency_bench_refuses_what_memory_cannot_hold(monkeypatch):
+def test_latency_bench_refuses_keys_memory_cannot_hold(monkeypatch):
     from hecnn.errors import HecnnError
 
     monkeypatch.setattr(latency, "_available_memory", lambda: 1 << 20)
-    with pytest.raises(HecnnError, match="diagonals need"):
+    with pytest.raises(HecnnError, match="Galois keys need"):
         latency.bench_latency("cryptonets_mnist", images=1, insecure_ring_for_tests=1 << 12)
+
+
+def test_latency_bench_encodes_per_image_the_diagonals_memory_cannot_hold(monkeypatch):
+    """With the keys fitting but no room for the encoded diagonals, every affine node's
+    diagonals are encoded per image; the result is still checked against the model."""
+    monkeypatch.setattr(latency, "_available_memory", lambda: 1 << 20)
+    monkeypatch.setattr(latency, "galois_key_bytes", lambda plan: 0)
+    res = latency.bench_latency("cryptonets_mnist", images=1, insecure_ring_for_tests=1 << 12)
+    assert res.streamed and res.diagonal_bytes > 1 << 20
+    assert res.agreement == 100.0 and res.max_error < 5e-2

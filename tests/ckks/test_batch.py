@@ -5,7 +5,7 @@ import pytest
 
 from hecnn.ckks.batch import CiphertextBatch
 from hecnn.ckks.context import CkksContext
-from hecnn.ckks.encoder import Encoder
+from hecnn.ckks.encoder import Encoder, galois_element
 from hecnn.ckks.encryption import decrypt, encrypt
 from hecnn.ckks.keys import KeyGenerator
 from hecnn.ckks.params import CkksParameters
@@ -169,6 +169,32 @@ def test_rescale_onto_base_primes_smaller_than_the_scale(rng):
         x = x * w
     assert y.level == p.min_level
     assert np.abs(decrypt(c, y, sk) - x).max() < TOL
+
+
+def test_galois_keys_for_a_lower_level_are_smaller_and_rotate_there(ctx, keys, rng):
+    """A key generated for level ℓ < L holds only Q_ℓ·P's limbs (and digits): it rotates
+    ciphertexts at ℓ and below (plain and hoisted), refuses higher ones, and round-trips
+    through the wire format."""
+    from hecnn.ckks.serialize import dumps, loads
+
+    sk, pk, _ = keys
+    kg = KeyGenerator(ctx)
+    lvl = ctx.params.max_level - 2
+    low = kg.evaluation_keys(sk, relin=False, rotations=[1, 2], rotation_levels={1: lvl})
+    k1, k2 = low.galois_key(galois_element(ctx.n, 1)), low.galois_key(galois_element(ctx.n, 2))
+    assert k1.level == lvl and k2.level == ctx.params.max_level
+    assert k1.data.nbytes < k2.data.nbytes and k1.dnum <= k2.dnum
+    x = _x(rng, ctx=ctx)
+    c = encrypt(ctx, x, pk)
+    for ct in (c.drop_to(lvl), c.drop_to(lvl - 1)):
+        want = np.roll(x, -1, axis=1)
+        assert np.abs(decrypt(ctx, ct.rotate(1, low), sk) - want).max() < TOL
+        assert np.abs(decrypt(ctx, ct.rotate_hoisted([1], low)[1], sk) - want).max() < TOL
+    with pytest.raises(MissingKeyError, match="serves levels"):
+        c.rotate(1, low)
+    back = loads(dumps(low), ctx)
+    assert back.galois_key(galois_element(ctx.n, 1)).level == lvl
+    assert np.abs(decrypt(ctx, c.drop_to(lvl).rotate(1, back), sk) - np.roll(x, -1, 1)).max() < TOL
 
 
 def test_rotate_without_key_is_a_clear_error(ctx, keys, rng):

@@ -16,7 +16,13 @@ from hecnn.compile.compiler import AUTO_IMAGE_MAX_BATCH
 from hecnn.errors import MissingKeyError, ParameterError, ShapeError, UnsupportedLayerError
 from hecnn.nn.activations import Square, SwishPoly4, TrainablePoly
 from hecnn.runtime import decrypt_outputs, encrypt_images, run
-from hecnn.runtime.image import ImageEvaluator, decrypt_image, encrypt_image, image_keys
+from hecnn.runtime.image import (
+    ImageEvaluator,
+    decrypt_image,
+    encrypt_image,
+    image_keys,
+    rotation_levels,
+)
 
 RING = 1 << 12
 
@@ -202,6 +208,13 @@ def test_rotation_keys_are_exactly_the_steps_used():
     assert sorted(ev.used_steps) == steps
     from hecnn.ckks.encoder import galois_element
 
+    # each key holds the limbs of the highest level its step is used at, no more
+    levels = rotation_levels(plan)
+    assert sorted(levels) == steps
+    for st, lvl in levels.items():
+        assert evk.galois[galois_element(ctx.n, st)].level == lvl
+    assert min(levels.values()) < plan.params.max_level
+
     for drop in (steps[0], steps[len(steps) // 2], steps[-1]):
         g = galois_element(ctx.n, drop)
         fewer = EvaluationKeys(
@@ -209,6 +222,35 @@ def test_rotation_keys_are_exactly_the_steps_used():
         )
         with pytest.raises(MissingKeyError):
             ImageEvaluator(plan, ctx).run(ct, fewer)
+
+
+def test_diagonals_encoded_per_image_give_the_same_ciphertexts():
+    """An evaluator without room to cache the diagonals (``cache_bytes``) encodes each
+    giant-step group when it uses it: bit-identical outputs, nothing kept; a budget for the
+    first layer only streams the others."""
+    torch.manual_seed(4)
+    model = _randomize_bn(ConvNet())
+    x = torch.randn(1, 1, 12, 12)
+    plan = compile_model(
+        model, (1, 12, 12), batch=1, calib=x, insecure_ring_for_tests=RING, packing="image"
+    )
+    ctx = CkksContext(plan.params)
+    kg = KeyGenerator(ctx)
+    sk = kg.secret_key()
+    evk = image_keys(plan, kg, sk)
+    ct = encrypt_image(plan, ctx, kg.public_key(sk), x[0].numpy())
+    cached = ImageEvaluator(plan, ctx)
+    want = cached.run(ct, evk).data
+    assert not cached.streamed and cached._plain
+    affine = list(plan.image.matrices)
+    streamed = ImageEvaluator(plan, ctx, cache_bytes=0)
+    assert np.array_equal(streamed.run(ct, evk).data, want)
+    assert streamed.streamed == set(affine) and not streamed._plain
+    first = plan.image.matrices[affine[0]]
+    room = len(first.diags) * (plan.node(affine[0]).level_in + 1) * ctx.n * 4
+    part = ImageEvaluator(plan, ctx, cache_bytes=room)
+    assert np.array_equal(part.run(ct, evk).data, want)
+    assert part.streamed == set(affine[1:])
 
 
 def test_batch_and_image_packing_agree():

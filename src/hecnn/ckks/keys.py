@@ -43,12 +43,32 @@ class PublicKey:
 
 @dataclass(frozen=True, eq=False)
 class SwitchingKey:
+    """A key switching key over Q_ℓ·P for some level ℓ ≤ L: (digits of q_0..q_ℓ, 2,
+    ℓ+1+k, N), NTT form. It switches ciphertexts at levels ≤ ℓ; a key for a lower level is the
+    full key with the limbs and digits above ℓ left out — fewer bytes for a rotation that a
+    plan only applies deep in the network."""
+
     params: CkksParameters
-    data: np.ndarray  # (dnum, 2, L+1+k, N) NTT form over Q_L·P
+    data: np.ndarray  # (dnum, 2, ℓ+1+k, N) NTT form over Q_ℓ·P
 
     @property
     def dnum(self) -> int:
         return self.data.shape[0]
+
+    @property
+    def level(self) -> int:
+        """The highest ciphertext level this key switches."""
+        return self.data.shape[2] - len(self.params.special_moduli) - 1
+
+    def limbs_for(self, level: int) -> np.ndarray:
+        """Positions of Q_level·P's limbs in this key's limb axis."""
+        if level > self.level:
+            raise MissingKeyError(
+                f"this switching key serves levels ≤ {self.level}, the ciphertext is at level "
+                f"{level}: generate the key for that level"
+            )
+        k = len(self.params.special_moduli)
+        return np.concatenate([np.arange(level + 1), self.level + 1 + np.arange(k)])
 
 
 @dataclass(frozen=True, eq=False)
@@ -117,10 +137,15 @@ class KeyGenerator:
         b = self.ctx.sub(e, self.ctx.mul(a, s, idx), idx)
         return PublicKey(sk.params, np.stack([b, a]))
 
-    def switching_key(self, sk: SecretKey, s_from_ntt_qp: np.ndarray) -> SwitchingKey:
-        """Key switching s' → s, with s' given in NTT form over all primes Q_L·P."""
+    def switching_key(
+        self, sk: SecretKey, s_from_ntt_qp: np.ndarray, level: int | None = None
+    ) -> SwitchingKey:
+        """Key switching s' → s, with s' given in NTT form over all primes Q_L·P; the key
+        serves ciphertexts up to ``level`` (default L) and holds only Q_level·P's limbs."""
         ctx = self.ctx
-        level = ctx.params.max_level
+        level = ctx.params.max_level if level is None else int(level)
+        if not 0 <= level <= ctx.params.max_level:
+            raise ParameterError(f"key level {level} outside 0..{ctx.params.max_level}")
         idx = ctx.qp_idx(level)
         s = self._ntt_of_small(sk.coeffs, idx)
         p_prod = 1
@@ -144,21 +169,33 @@ class KeyGenerator:
         s = self._ntt_of_small(sk.coeffs, idx)
         return self.switching_key(sk, self.ctx.mul(s, s, idx))
 
-    def galois_key(self, sk: SecretKey, g: int) -> SwitchingKey:
+    def galois_key(self, sk: SecretKey, g: int, level: int | None = None) -> SwitchingKey:
         self._check(sk)
         idx = self.ctx.qp_idx(self.ctx.params.max_level)
         s = self._ntt_of_small(sk.coeffs, idx)
         perm = self.ctx.automorphism_perm(g)
-        return self.switching_key(sk, np.ascontiguousarray(s[:, perm]))
+        return self.switching_key(sk, np.ascontiguousarray(s[:, perm]), level)
 
     def evaluation_keys(
-        self, sk: SecretKey, *, relin: bool = True, rotations: list[int] | tuple[int, ...] = ()
+        self,
+        sk: SecretKey,
+        *,
+        relin: bool = True,
+        rotations: list[int] | tuple[int, ...] = (),
+        rotation_levels: dict[int, int] | None = None,
     ) -> EvaluationKeys:
+        """Relinearization key (all levels) and Galois keys for ``rotations``;
+        ``rotation_levels[step]``: the highest level that rotation is applied at (default L),
+        so its key holds only those limbs."""
         from hecnn.ckks.encoder import galois_element
 
-        galois = {}
+        levels: dict[int, int] = {}
         for r in rotations:
             g = galois_element(self.ctx.n, r)
-            if g != 1 and g not in galois:
-                galois[g] = self.galois_key(sk, g)
+            if g != 1:
+                lvl = self.ctx.params.max_level
+                if rotation_levels is not None and r in rotation_levels:
+                    lvl = rotation_levels[r]
+                levels[g] = max(levels.get(g, -1), lvl)
+        galois = {g: self.galois_key(sk, g, lvl) for g, lvl in levels.items()}
         return EvaluationKeys(sk.params, self.relin_key(sk) if relin else None, galois)

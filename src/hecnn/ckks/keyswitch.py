@@ -64,8 +64,8 @@ def switch_decomposed(
     if key.params != ctx.params:
         raise ParameterError("switching key belongs to a different parameter set")
     idx_qp = ctx.qp_idx(level)
-    nq, nqp = level + 1, len(idx_qp)
-    key_limbs = np.concatenate([np.arange(nq), np.arange(ctx.num_data, len(ctx.primes))])
+    nqp = len(idx_qp)
+    key_limbs = key.limbs_for(level)
     acc = np.zeros((2, exts[0].shape[0], nqp, ctx.n), dtype=np.int32)
     for j, ext in enumerate(exts):
         if perm is not None:

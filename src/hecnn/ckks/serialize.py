@@ -342,7 +342,12 @@ def _check_switching_key(params: CkksParameters, arr: np.ndarray, name: str) -> 
             raise SerializationError(f"Galois element {g} is not an odd number in [1, 2N)")
     if arr.dtype != np.uint32:
         raise SerializationError(f"evaluation key {name!r} must hold uint32 residues")
-    dnum = len(digits(params, params.max_level))
-    if arr.ndim != 4 or arr.shape[0] != dnum or arr.shape[1] != 2:
+    k = len(params.special_moduli)
+    level = arr.shape[2] - k - 1 if arr.ndim == 4 else -1  # a key may serve levels ≤ ℓ < L
+    if not 0 <= level <= params.max_level:
         raise SerializationError(f"evaluation key {name!r} has shape {arr.shape}")
-    _check_residues(params, arr, _qp_primes(params), name)
+    dnum = len(digits(params, level))
+    if arr.shape[0] != dnum or arr.shape[1] != 2:
+        raise SerializationError(f"evaluation key {name!r} has shape {arr.shape}")
+    primes = list(params.moduli[: level + 1]) + list(params.special_moduli)
+    _check_residues(params, arr, primes, name)

@@ -375,9 +375,7 @@ class TorchRing:
             self._keys[key] = per_key
         t = per_key.get(level)
         if t is None:
-            nq = level + 1
-            ctx = self.ctx
-            sel = np.concatenate([np.arange(nq), np.arange(ctx.num_data, len(ctx.primes))])
+            sel = key.limbs_for(level)
             full = self.to_device(key.data, torch.int64)
             t = full.index_select(2, self.index(sel)).contiguous()
             per_key[level] = t

@@ -51,9 +51,24 @@ def encrypt_image(
     return encrypt(ctx, pack_image(plan, image), key)
 
 
+def rotation_levels(plan: Plan) -> dict[int, int]:
+    """Each rotation step → the highest level the plan rotates by it (an affine node rotates
+    at its input level and below)."""
+    levels: dict[int, int] = {}
+    for name, dm in _packing(plan).matrices.items():
+        lvl = plan.node(name).level_in
+        for step in dm.rotation_steps:
+            levels[step] = max(levels.get(step, -1), lvl)
+    return levels
+
+
 def image_keys(plan: Plan, kg: KeyGenerator, sk: SecretKey) -> EvaluationKeys:
-    """Relinearization key and the Galois keys of exactly the plan's rotation steps."""
-    return kg.evaluation_keys(sk, rotations=plan.rotation_steps())
+    """Relinearization key and the Galois keys of exactly the plan's rotation steps, each
+    holding only the limbs of the highest level it is used at (``hemet_squeezenet``: most of
+    its 295 keys serve deep layers)."""
+    return kg.evaluation_keys(
+        sk, rotations=plan.rotation_steps(), rotation_levels=rotation_levels(plan)
+    )
 
 
 def decrypt_image(plan: Plan, ctx: CkksContext, sk: SecretKey, out: CiphertextBatch) -> np.ndarray:
@@ -75,13 +90,23 @@ def plaintext_bytes(plan: Plan) -> int:
 
 @dataclass
 class ImageEvaluator:
-    """Evaluates a per-image plan; keeps the encoded diagonals between images."""
+    """Evaluates a per-image plan; keeps the encoded diagonals between images.
+
+    ``cache_bytes``: how many bytes of encoded diagonals it may keep (None: all of them). A
+    node whose diagonals do not fit any more is encoded *per image*, one giant-step group at a
+    time inside the worker that uses it, and dropped after — bounded memory (one group's
+    plaintexts per worker) for plans whose diagonals outgrow RAM (``hemet_squeezenet``: 57 GiB),
+    at the price of encoding them for every image."""
 
     plan: Plan
     ctx: CkksContext
+    cache_bytes: int | None = None
     _plain: dict[tuple, np.ndarray] = field(default_factory=dict)
+    _cached: int = 0
     #: rotation steps actually applied (for tests: the key set must be exactly these)
     used_steps: set[int] = field(default_factory=set)
+    #: nodes whose diagonals are encoded per image (they did not fit ``cache_bytes``)
+    streamed: set[str] = field(default_factory=set)
 
     def run(
         self, inputs: CiphertextBatch, keys: EvaluationKeys, *, report: RunReport | None = None
@@ -123,21 +148,33 @@ class ImageEvaluator:
         return vals[plan.output]
 
     def _diagonals(self, dm: DiagonalMatrix, name: str, level: int, scale: float) -> dict:
-        """{(a, b, g, j): NTT plaintext of rot(diag, −g·baby)} at ``scale``, cached."""
+        """{(a, b, g, j): NTT plaintext of rot(diag, −g·baby)} at ``scale``, cached — or, for a
+        node that does not fit the cache budget, {(a, b, g, j): None} (encoded at use)."""
         key = (name, level, scale)
         if key not in self._plain:
-            slots = self.plan.params.slots
-            items = sorted(dm.diags.items())
-            vecs = np.empty((len(items), slots))
-            for k, ((_, _, c), d) in enumerate(items):
-                g = c - c % dm.baby
-                vecs[k] = np.tile(np.roll(d, g), slots // dm.L)
-            pts = encode(self.ctx, vecs, scale, level) if items else None
+            nbytes = len(dm.diags) * (level + 1) * self.ctx.n * 4
+            if self.cache_bytes is not None and self._cached + nbytes > self.cache_bytes:
+                self.streamed.add(name)
+                return {(a, b, c - c % dm.baby, c % dm.baby): None for a, b, c in dm.diags}
+            items = sorted(dm.diags)
+            pts = self._encode(dm, items, level, scale) if items else None
             self._plain[key] = {
-                (a, b, c - c % dm.baby, c % dm.baby): pts[k]
-                for k, ((a, b, c), _) in enumerate(items)
+                (a, b, c - c % dm.baby, c % dm.baby): pts[k] for k, (a, b, c) in enumerate(items)
             }
+            self._cached += nbytes
         return self._plain[key]
+
+    def _encode(
+        self, dm: DiagonalMatrix, items: list[tuple[int, int, int]], level: int, scale: float
+    ) -> np.ndarray:
+        """NTT plaintexts of rot(diag_(a,b,c), −g·baby) for ``items`` (a, b, c), repeated over
+        the slots."""
+        slots = self.plan.params.slots
+        vecs = np.empty((len(items), slots))
+        for k, (a, b, c) in enumerate(items):
+            g = c - c % dm.baby
+            vecs[k] = np.tile(np.roll(dm.diags[(a, b, c)], g), slots // dm.L)
+        return encode(self.ctx, vecs, scale, level)
 
     def _rotate(self, x: CiphertextBatch, step: int, keys: EvaluationKeys) -> CiphertextBatch:
         self.used_steps.add(step)
@@ -149,6 +186,8 @@ class ImageEvaluator:
         """y = W x + b by BSGS diagonals, one rescale; then rotate-and-sum of the copies."""
         if x.components > 2:
             x = x.relinearize(keys)
+        if x.level > n.level_in:  # the plan's level: the Galois keys serve up to it
+            x = x.drop_to(n.level_in)
         if x.level < 1 or x.level <= x.params.min_level:
             raise LevelError(f"{n.name}: no level left for an affine layer")
         ctx = x.ctx
@@ -172,7 +211,11 @@ class ImageEvaluator:
             thread (kernels inline), coarse enough that thread hand-offs cost nothing."""
             for a, g in order[lo:hi]:
                 acc = np.zeros(shape, dtype=np.int32)
-                for b, j, pt in groups[(a, g)]:  # acc += pt ⊙ rot(x_b, j), both components
+                group = groups[(a, g)]
+                if group[0][2] is None:  # not cached: encode this group's diagonals now
+                    enc = self._encode(dm, [(a, b, g + j) for b, j, _ in group], x.level, sw)
+                    group = [(b, j, enc[k]) for k, (b, j, _) in enumerate(group)]
+                for b, j, pt in group:  # acc += pt ⊙ rot(x_b, j), both components
                     ctx.mul_broadcast(rots[j].data[b], pt, idx, acc=acc)
                 part = CiphertextBatch(ctx, acc[None], x.scale * sw)
                 parts[(a, g)] = self._rotate(part, g % x.params.slots, keys) if g else part
