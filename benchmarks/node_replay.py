@@ -28,31 +28,10 @@ from hecnn.ckks.context import CkksContext
 from hecnn.ckks.encryption import decrypt
 from hecnn.ckks.keys import KeyGenerator
 from hecnn.compile import compile_model
-from hecnn.compile.chebyshev import evaluate as chebyshev_values
-from hecnn.compile.ir import AddNode, AffineNode, InputNode, MulNode, Plan, PolyNode
+from hecnn.compile.ir import AddNode, AffineNode, InputNode, PolyNode
 from hecnn.runtime import encrypt_images
 from hecnn.runtime import executor as ex
-
-
-def reference(plan: Plan, images: np.ndarray) -> dict[str, np.ndarray]:
-    """Every node's plaintext value (features × images), as :func:`simulate` computes it."""
-    ref: dict[str, np.ndarray] = {}
-    for n in plan.nodes:
-        if isinstance(n, InputNode):
-            ref[n.name] = images.reshape(len(images), -1).T.astype(np.float64)
-        elif isinstance(n, AffineNode):
-            v = ref[n.inputs[0]]
-            out = np.zeros((n.weights.out_features, v.shape[1]))
-            for b in n.weights.blocks:
-                out[b.out_idx] += b.weights @ v[b.in_idx]
-            ref[n.name] = out + n.bias[:, None]
-        elif isinstance(n, PolyNode):
-            ref[n.name] = chebyshev_values(n.coeffs, ref[n.inputs[0]] / n.radius)
-        elif isinstance(n, AddNode):
-            ref[n.name] = ref[n.inputs[0]] + ref[n.inputs[1]]
-        elif isinstance(n, MulNode):
-            ref[n.name] = ref[n.inputs[0]] * ref[n.inputs[1]]
-    return ref
+from hecnn.runtime.simulate import simulate_nodes
 
 
 def main() -> None:
@@ -77,7 +56,7 @@ def main() -> None:
     )
     print(plan.params.describe(), flush=True)
     images = xte.repeat(-(-batch // len(xte)), 1, 1, 1)[:batch].numpy()
-    ref = reference(plan, images)
+    ref = simulate_nodes(plan, images)
     ctx = CkksContext(plan.params)
     kg = KeyGenerator(ctx)
     sk = kg.secret_key()

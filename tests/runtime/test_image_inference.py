@@ -187,12 +187,11 @@ def test_layers_wider_than_the_slots_span_several_ciphertexts():
     assert plan.image.matrices[conv].out_cts == 2  # 2304 outputs over 2048-slot ciphertexts
 
 
-def test_rotation_keys_are_exactly_the_steps_used():
-    """The key set is minimal: the evaluation applies every generated step, and without any
-    one of them it stops with MissingKeyError."""
-    torch.manual_seed(3)
+def _convnet_image_setup(seed: int, images: int):
+    """A per-image ConvNet plan, its context, keys (relin + Galois) and image 0 encrypted."""
+    torch.manual_seed(seed)
     model = _randomize_bn(ConvNet())
-    x = torch.randn(2, 1, 12, 12)
+    x = torch.randn(images, 1, 12, 12)
     plan = compile_model(
         model, (1, 12, 12), batch=1, calib=x, insecure_ring_for_tests=RING, packing="image"
     )
@@ -200,9 +199,15 @@ def test_rotation_keys_are_exactly_the_steps_used():
     kg = KeyGenerator(ctx)
     sk = kg.secret_key()
     evk = image_keys(plan, kg, sk)
+    return plan, ctx, evk, encrypt_image(plan, ctx, kg.public_key(sk), x[0].numpy())
+
+
+def test_rotation_keys_are_exactly_the_steps_used():
+    """The key set is minimal: the evaluation applies every generated step, and without any
+    one of them it stops with MissingKeyError."""
+    plan, ctx, evk, ct = _convnet_image_setup(3, 2)
     steps = plan.rotation_steps()
     assert len(evk.galois) == len(steps) > 0
-    ct = encrypt_image(plan, ctx, kg.public_key(sk), x[0].numpy())
     ev = ImageEvaluator(plan, ctx)
     ev.run(ct, evk)
     assert sorted(ev.used_steps) == steps
@@ -228,17 +233,7 @@ def test_diagonals_encoded_per_image_give_the_same_ciphertexts():
     """An evaluator without room to cache the diagonals (``cache_bytes``) encodes each
     giant-step group when it uses it: bit-identical outputs, nothing kept; a budget for the
     first layer only streams the others."""
-    torch.manual_seed(4)
-    model = _randomize_bn(ConvNet())
-    x = torch.randn(1, 1, 12, 12)
-    plan = compile_model(
-        model, (1, 12, 12), batch=1, calib=x, insecure_ring_for_tests=RING, packing="image"
-    )
-    ctx = CkksContext(plan.params)
-    kg = KeyGenerator(ctx)
-    sk = kg.secret_key()
-    evk = image_keys(plan, kg, sk)
-    ct = encrypt_image(plan, ctx, kg.public_key(sk), x[0].numpy())
+    plan, ctx, evk, ct = _convnet_image_setup(4, 1)
     cached = ImageEvaluator(plan, ctx)
     want = cached.run(ct, evk).data
     assert not cached.streamed and cached._plain

@@ -14,6 +14,12 @@ from hecnn.compile.ir import AddNode, AffineNode, ConcatNode, InputNode, MulNode
 
 def simulate(plan: Plan, images: np.ndarray) -> np.ndarray:
     """images (B, *input_shape) → outputs (B, classes), evaluating the plan node by node."""
+    return simulate_nodes(plan, images)[plan.output].T
+
+
+def simulate_nodes(plan: Plan, images: np.ndarray) -> dict[str, np.ndarray]:
+    """Every node's plaintext value, (features, B) — what an encrypted run's nodes should
+    decrypt to (``benchmarks/node_replay.py`` compares them node by node)."""
     x = np.asarray(images, dtype=np.float64).reshape(len(images), -1).T  # (features, B)
     vals: dict[str, np.ndarray] = {}
     for n in plan.nodes:
@@ -39,4 +45,4 @@ def simulate(plan: Plan, images: np.ndarray) -> np.ndarray:
             vals[n.name] = vals[n.inputs[0]] * vals[n.inputs[1]]
         elif isinstance(n, ConcatNode):
             vals[n.name] = np.concatenate([vals[i] for i in n.inputs])
-    return vals[plan.output].T
+    return vals
