@@ -329,3 +329,23 @@ def test_one_pass_square_equals_the_general_product(ctx, keys, rng):
     assert np.array_equal(c.square().data, c.mul(c).data)
     low = c.drop_to(1)
     assert np.array_equal(low.square().data, low.mul(low).data)
+
+
+def test_kernel_warmup_compiles_what_the_executor_uses(ctx, keys):
+    """``compile_kernels`` leaves compiled signatures behind for the kernels of affine layers,
+    squares, uneven sums, constants, rescales and relinearization."""
+    from hecnn.ckks import kernels
+    from hecnn.ckks.warmup import compile_kernels
+
+    sk, pk, evk = keys
+    compile_kernels(ctx, pk, sk, evk)
+    for k in (
+        kernels.square2_mod,
+        kernels.add_mod_rows,
+        kernels.add_scalar_mod,
+        kernels.reduce_digit_products,
+        kernels.gather_centered,
+        kernels.ntt_forward,
+        kernels.ntt_inverse,
+    ):
+        assert k.signatures, k.py_func.__name__
