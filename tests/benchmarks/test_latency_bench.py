@@ -39,3 +39,18 @@ def test_latency_bench_encodes_per_image_the_diagonals_memory_cannot_hold(monkey
     res = latency.bench_latency("cryptonets_mnist", images=1, insecure_ring_for_tests=1 << 12)
     assert res.streamed and res.diagonal_bytes > 1 << 20
     assert res.agreement == 100.0 and res.max_error < 5e-2
+
+
+def test_latency_bench_times_an_untrained_granularity():
+    """``activation=`` times the architecture with another activation granularity, untrained
+    (seeded): the run is still checked against that model; an unknown activation is a clear
+    error."""
+    from hecnn.errors import HecnnError
+
+    res = latency.bench_latency(
+        "ishiyama_mnist", images=1, activation="poly_layer", insecure_ring_for_tests=1 << 12
+    )
+    assert res.weights == "untrained poly_layer"
+    assert res.agreement == 100.0 and res.max_error < 5e-2
+    with pytest.raises(HecnnError, match="unknown activation"):
+        latency.bench_latency("ishiyama_mnist", images=1, activation="poly_cubic")

@@ -140,3 +140,25 @@ def test_summary_reports_layers_and_totals():
     assert "relinearizations" in text and "N=" in text and "GiB" in text
     assert any(isinstance(n, AffineNode) for n in plan.nodes)
     assert any(isinstance(n, PolyNode) for n in plan.nodes)
+
+
+def test_batchnorm_behind_branching_activation_folds_into_the_polynomial(fire_after_bn):
+    """A BN after an activation whose output branches or is concatenated is d·p(x) + b: part of
+    the polynomial, not a level of its own; the leading coefficients fold into every consumer,
+    through the concatenation too, and the expands relinearize after the next squeeze."""
+    plan = _check_sim(fire_after_bn(4), (2, 4, 4))
+    affine = [n for n in plan.nodes if isinstance(n, AffineNode)]
+    assert all("Conv2d" in n.source or "Linear" in n.source for n in affine), [
+        n.source for n in affine
+    ]
+    assert len(affine) == 5
+    polys = [n for n in plan.nodes if isinstance(n, PolyNode)]
+    assert all("BatchNorm2d" in p.source for p in polys[:3])
+    assert all(p.fold_leading and p.depth == 1 for p in polys)
+    # c0, a0, expand, a1|a3, s, a4 and fc: one level each
+    assert plan.levels == 7
+    relins = plan.relinearizations()
+    # a0's 64 outputs feed 2×48 expand outputs: relinearized at a0; the concatenated 96 expand
+    # outputs are relinearized after the 32-output squeeze
+    assert relins.get("a0") == 64 and relins.get("s") == 32, relins
+    assert sum(relins.values()) == 64 + 32

@@ -76,6 +76,18 @@ def test_every_layer_type_encrypted_equals_plaintext():
     assert (got.argmax(1) == ref.argmax(1)).all()
 
 
+def test_batchnorm_after_activation_in_fire_module_encrypted_equals_plaintext(fire_after_bn):
+    """HEMET's conv → activation → BN order in a Fire module: the BNs fold into the
+    polynomials, the leading coefficients through the concatenation, and the concatenated
+    3-component expands are relinearized after the squeeze — still the plaintext model."""
+    model = fire_after_bn(6)
+    x = torch.randn(16, 2, 4, 4)
+    got, ref, plan = _encrypted_vs_plain(model, x)
+    assert plan.relinearizations().get("s") == 32
+    assert np.abs(got - ref).max() < 1e-2 * max(1.0, np.abs(ref).max())
+    assert (got.argmax(1) == ref.argmax(1)).all()
+
+
 @pytest.mark.parametrize("name", ["ishiyama_mnist_poly_element_kd", "ishiyama_mnist_swish4"])
 def test_bundled_models_encrypted_equal_plaintext(name):
     from hecnn.nn import bundled

@@ -75,6 +75,21 @@ class LatencyResult:
         return statistics.median(self.runs_s) if self.runs_s else self.first_s
 
 
+#: seed of the untrained models timed with ``activation=``
+UNTRAINED_SEED = 0
+
+
+def untrained_model(name: str, activation: str) -> torch.nn.Module:
+    """Model row ``name``'s architecture with ``activation``, seeded initial weights, eval mode."""
+    from hecnn.nn.models import build_model
+
+    torch.manual_seed(UNTRAINED_SEED)
+    try:
+        return build_model(name, activation).eval()
+    except ValueError as exc:
+        raise HecnnError(str(exc)) from None
+
+
 def galois_key_bytes(plan) -> int:
     """Bytes of the relinearization key and the plan's Galois keys: a key for level ℓ is
     (digits of q_0..q_ℓ, 2, ℓ + 1 + special limbs, N) int32 residues (see
@@ -92,9 +107,18 @@ def bench_latency(
     weights_dir: Path | None = None,
     insecure_ring_for_tests: int | None = None,
     log: Callable[[str], None] = print,
+    activation: str | None = None,
 ) -> LatencyResult:
-    """Measure the single-image latency of model row ``name`` (see the module doc)."""
+    """Measure the single-image latency of model row ``name`` (see the module doc).
+
+    ``activation`` (e.g. ``poly_layer``): time the same architecture with that activation,
+    untrained (its seeded initialisation) — the cost of per-image packing does not depend on
+    the weights, so this gives the time column of a granularity whose trained weights are
+    not at hand; agreement with its plaintext model is still checked (accuracy is not
+    meaningful and is reported as such)."""
     model, dataset, source = load_model(name, weights_dir)
+    if activation is not None:
+        model, source = untrained_model(name, activation), f"untrained {activation}"
     res = LatencyResult(name, source)
     calib, _ = load_images(dataset, CALIBRATION_IMAGES)
     xs, labels = load_images(dataset, 10_000 if dataset == "mnist" else CALIBRATION_IMAGES)
@@ -204,12 +228,21 @@ def format_result(r: LatencyResult) -> Table:
 
 
 def main(
-    name: str, *, images: int = 4, weights_dir: Path | None = None, quiet: bool = False
+    name: str,
+    *,
+    images: int = 4,
+    weights_dir: Path | None = None,
+    quiet: bool = False,
+    activation: str | None = None,
 ) -> LatencyResult:
     """Run, print the table, end with ``latency_s=<seconds>``."""
     console = Console(width=120)
     res = bench_latency(
-        name, images=images, weights_dir=weights_dir, log=(lambda s: None) if quiet else print
+        name,
+        images=images,
+        weights_dir=weights_dir,
+        log=(lambda s: None) if quiet else print,
+        activation=activation,
     )
     console.print(format_result(res))
     print(f"latency_s={res.latency_s:.3f}")

@@ -145,13 +145,24 @@ def bench_latency(
         "", help="Trained weights directory (default: benchmarks/weights)."
     ),
     quiet: bool = typer.Option(False, "--quiet", help="Only the table and the last line."),
+    activation: str = typer.Option(
+        "",
+        help="Time the architecture with this activation instead, untrained (poly_layer, "
+        "poly_channel, poly_element): per-image cost does not depend on the weights.",
+    ),
 ) -> None:
     """Single encrypted image with per-image packing; last line: latency_s=<seconds>."""
     from pathlib import Path
 
     from hecnn.benchmarks.latency import main
 
-    main(model, images=images, weights_dir=Path(weights) if weights else None, quiet=quiet)
+    main(
+        model,
+        images=images,
+        weights_dir=Path(weights) if weights else None,
+        quiet=quiet,
+        activation=activation or None,
+    )
 
 
 @bench_app.command("peers")

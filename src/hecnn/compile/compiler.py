@@ -18,7 +18,12 @@ from hecnn.compile.levels import (
     relinearize_every_product,
     tail_scale_bits,
 )
-from hecnn.compile.passes import block_weights, fold_leading_coefficients, merge_affine
+from hecnn.compile.passes import (
+    block_weights,
+    fold_elementwise_affine,
+    fold_leading_coefficients,
+    merge_affine,
+)
 from hecnn.compile.trace import trace
 from hecnn.errors import HecnnError, ParameterError, ShapeError
 
@@ -61,6 +66,7 @@ def compile_model(
         relin_free_tail = False  # rotations need 2-component ciphertexts
     nodes, output = trace(model, input_shape)
     nodes = merge_affine(nodes, output)
+    nodes = fold_elementwise_affine(nodes, output)
     if fold_leading:
         nodes = fold_leading_coefficients(nodes, output)
     plan_relinearization(nodes, output, tail=relin_free_tail)

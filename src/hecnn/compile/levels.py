@@ -15,7 +15,7 @@ from collections.abc import Callable
 from hecnn.ckks.params import CkksParameters
 from hecnn.ckks.primes import MAX_PRIME_BITS
 from hecnn.ckks.security import MAX_LOG_QP_128, SUPPORTED_RING_DEGREES
-from hecnn.compile.ir import AffineNode, InputNode, MulNode, Node, PolyNode
+from hecnn.compile.ir import AffineNode, ConcatNode, InputNode, MulNode, Node, PolyNode
 from hecnn.compile.passes import consumers
 from hecnn.compile.polyeval import schedule
 from hecnn.errors import ParameterError
@@ -134,15 +134,39 @@ def plan_relinearization(
             continue  # its 3-component output feeds the tail polynomial unrelinearized
         if not any(_multiplies(m) for m in _downstream(nodes, n)):
             continue  # only affine work until the client: stay at 3 components
-        cons = users[n.name]
-        lazy = cons and all(isinstance(c, AffineNode) and c.features < n.features for c in cons)
+        lazy = _lazy_relinearizers(n, users, output)
         if lazy:
-            for c in cons:
+            for c in lazy:
                 c.relin_after = True
         else:
             n.relin_after = True
     _count_components(nodes)
     return tail
+
+
+def _lazy_relinearizers(n: Node, users: dict[str, list[Node]], output: str) -> list[Node]:
+    """The affine nodes that should relinearize in ``n``'s place (fewer key switches), or [].
+
+    Every consumer must be affine, with fewer outputs together than ``n`` — or a concatenation
+    whose consumers are all affine, with fewer outputs together than the concatenation (a Fire module's
+    expands, 2×16,384 features, feed the next squeeze, 4,096): the 3-component ciphertexts
+    pass through the concatenation unchanged."""
+    direct = users[n.name]
+    out = [c for c in direct if isinstance(c, AffineNode)]
+    if sum(c.features for c in out) >= n.features:
+        return []
+    for c in direct:
+        if isinstance(c, AffineNode):
+            continue
+        if not isinstance(c, ConcatNode) or c.name == output or not users[c.name]:
+            return []
+        behind = users[c.name]
+        if not all(isinstance(x, AffineNode) for x in behind):
+            return []
+        if sum(x.features for x in behind) >= c.features:
+            return []
+        out += behind
+    return out
 
 
 def relinearize_every_product(nodes: list[Node], output: str) -> None:

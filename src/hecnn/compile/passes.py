@@ -2,8 +2,12 @@
 
 - :func:`merge_affine` — compose chains of affine nodes (conv → BN → pooling → linear …) into
   one: W = W2·W1, b = W2·b1 + b2, so every chain costs one level;
+- :func:`fold_elementwise_affine` — an elementwise affine map after a polynomial (a batch-norm
+  behind an activation whose output branches or is concatenated, so :func:`merge_affine` cannot
+  reach it) is part of the polynomial: d·p(x) + b, saving its level;
 - :func:`fold_leading_coefficients` — p = c_d·(x^d + Σ (c_i/c_d) x^i): evaluate the monic part
-  and scale the columns of the next affine node by c_d, saving the scalar's level;
+  and scale the columns of the next affine nodes by c_d (through a concatenation too), saving
+  the scalar's level;
 - :func:`block_weights` — turn each sparse matrix into dense blocks of rows that share their
   column set (one block per output position of a convolution).
 """
@@ -16,7 +20,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from hecnn.ckks.linear import BlockSparseWeights, WeightBlock
-from hecnn.compile.ir import AffineNode, Node, PolyNode
+from hecnn.compile.ir import AffineNode, ConcatNode, Node, PolyNode
 
 #: fold c_d only while the monic polynomial p/c_d stays below this bound on the recorded input
 #: range. Dividing by a small c_d costs no precision (the next layer multiplies by c_d again,
@@ -60,9 +64,79 @@ def merge_affine(nodes: list[Node], output: str) -> list[Node]:
     return nodes
 
 
+def _diagonal(matrix: sp.spmatrix) -> np.ndarray | None:
+    """The diagonal of a square sparse matrix with no entry off it, else None."""
+    if matrix.shape[0] != matrix.shape[1]:
+        return None
+    coo = sp.coo_matrix(matrix)
+    if np.any(coo.row != coo.col):
+        return None
+    return np.asarray(matrix.diagonal(), dtype=np.float64)
+
+
+def fold_elementwise_affine(nodes: list[Node], output: str) -> list[Node]:
+    """Fold y = d ⊙ p(x) + b into the polynomial: coefficients c_i ← d·c_i, c_0 ← c_0 + b.
+
+    Conv → activation → batch-norm (HEMET's order) leaves such a node wherever the activation's
+    output branches (a Fire module's squeeze feeds two expands) or is concatenated: there it
+    cost a level and a pass over every ciphertext. Only power-basis polynomials with this node
+    as their one consumer, and equal shapes (the layout of per-image packing follows the shape).
+    """
+    changed = True
+    while changed:
+        changed = False
+        by_name = {n.name: n for n in nodes}
+        users = consumers(nodes)
+        for n in nodes:
+            if not isinstance(n, AffineNode) or n.name == output or n.matrix is None:
+                continue
+            prev = by_name.get(n.inputs[0])
+            if not isinstance(prev, PolyNode) or prev.chebyshev or prev.name == output:
+                continue
+            if len(users[prev.name]) != 1 or tuple(prev.shape) != tuple(n.shape):
+                continue
+            d = _diagonal(n.matrix)
+            if d is None:
+                continue
+            prev.coeffs = prev.coeffs * d[None, :]
+            prev.coeffs[0] = prev.coeffs[0] + np.asarray(n.bias, dtype=np.float64)
+            prev.source = f"{prev.source} → {n.source}"
+            for c in users[n.name]:
+                c.inputs = tuple(prev.name if i == n.name else i for i in c.inputs)
+            nodes = [m for m in nodes if m is not n]
+            changed = True
+            break
+    return nodes
+
+
+def _column_targets(
+    n: Node, users: dict[str, list[Node]], by_name: dict[str, Node], output: str
+) -> list[tuple[AffineNode, int]] | None:
+    """The affine nodes that read ``n``'s outputs, each with the column where they start (an
+    affine consumer reads them from column 0; one behind a concatenation at the concat's
+    offset of ``n``), or None when some consumer is not affine."""
+    targets: list[tuple[AffineNode, int]] = []
+    for c in users[n.name]:
+        if isinstance(c, AffineNode):
+            targets.append((c, 0))
+            continue
+        if not isinstance(c, ConcatNode) or c.name == output or c.inputs.count(n.name) != 1:
+            return None
+        behind = users[c.name]
+        if not behind or not all(isinstance(x, AffineNode) for x in behind):
+            return None
+        offset = sum(by_name[i].features for i in c.inputs[: c.inputs.index(n.name)])
+        targets += [(x, offset) for x in behind]
+    return targets or None
+
+
 def fold_leading_coefficients(nodes: list[Node], output: str) -> list[Node]:
-    """Fold c_d of a polynomial into its only consumer when that consumer is affine."""
+    """Fold c_d of a polynomial into its consumers when they are all affine (directly or behind
+    a concatenation): each scales the columns that read the polynomial by c_d, and takes its
+    constant c_0 into its bias — p = c_d·(x^d + … + (c_1/c_d)·x) + c_0, so the monic part stays
+    small even where c_0/c_d would not (a batch-norm's shift folded into a small c_d)."""
     users = consumers(nodes)
+    by_name = {n.name: n for n in nodes}
     for n in nodes:
         if not isinstance(n, PolyNode) or n.name == output or n.degree < 2 or n.chebyshev:
             continue
@@ -71,14 +145,23 @@ def fold_leading_coefficients(nodes: list[Node], output: str) -> list[Node]:
             continue
         r = max(map(abs, n.input_range)) if n.input_range else DEFAULT_INPUT_BOUND
         r = 1.5 * max(r, 1.0)
-        monic_bound = np.sum(np.abs(n.coeffs / lead) * r ** np.arange(n.degree + 1)[:, None], 0)
+        # the constant moves to the consumers' biases: the monic part has none
+        monic = n.coeffs[1:] / lead
+        monic_bound = np.sum(np.abs(monic) * r ** np.arange(1, n.degree + 1)[:, None], 0)
         if not np.all(np.isfinite(monic_bound)) or np.max(monic_bound) > FOLD_MAX_VALUE:
             continue
-        cons = users[n.name]
-        if len(cons) != 1 or not isinstance(cons[0], AffineNode):
+        targets = _column_targets(n, users, by_name, output)
+        if targets is None:
             continue
-        n.coeffs = n.coeffs / lead
-        cons[0].matrix = (cons[0].matrix @ sp.diags(lead)).tocsr()
+        constant = n.coeffs[0]
+        for c, offset in targets:
+            cols = c.matrix[:, offset : offset + n.features]
+            bias = np.zeros(c.matrix.shape[0]) if c.bias is None else c.bias
+            c.bias = bias + cols @ constant
+            scale = np.ones(c.matrix.shape[1])
+            scale[offset : offset + n.features] = lead
+            c.matrix = (c.matrix @ sp.diags(scale)).tocsr()
+        n.coeffs = np.vstack([np.zeros((1, n.features)), monic])
         n.fold_leading = True
     return nodes
 

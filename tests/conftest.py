@@ -1,0 +1,54 @@
+"""Models shared by the compiler and runtime tests."""
+
+import pytest
+import torch
+from torch import nn
+
+from hecnn.nn.activations import TrainablePoly
+
+
+class FireAfterBN(nn.Module):
+    """HEMET's order, conv → activation → batch-norm, into a Fire module: the squeeze's BN
+    branches to two expands, the expands' BNs are concatenated before the next conv."""
+
+    def __init__(self):
+        super().__init__()
+        self.c0 = nn.Conv2d(2, 4, 3, padding=1)
+        self.a0 = TrainablePoly(2, "channel", shape=(4, 4, 4))
+        self.b0 = nn.BatchNorm2d(4)
+        self.e1 = nn.Conv2d(4, 3, 1)
+        self.a1 = TrainablePoly(2, "element", shape=(3, 4, 4))
+        self.b1 = nn.BatchNorm2d(3)
+        self.e3 = nn.Conv2d(4, 3, 3, padding=1)
+        self.a3 = TrainablePoly(2, "layer", shape=(3, 4, 4))
+        self.b3 = nn.BatchNorm2d(3)
+        self.s = nn.Conv2d(6, 2, 1)
+        self.a4 = TrainablePoly(2, "channel", shape=(2, 4, 4))
+        self.fc = nn.Linear(32, 3)
+
+    def forward(self, x):
+        s = self.b0(self.a0(self.c0(x)))
+        y = torch.cat([self.b1(self.a1(self.e1(s))), self.b3(self.a3(self.e3(s)))], dim=1)
+        return self.fc(torch.flatten(self.a4(self.s(y)), 1))
+
+
+@pytest.fixture
+def fire_after_bn():
+    """``seed`` → a :class:`FireAfterBN` with random polynomials and batch-norm statistics."""
+
+    def build(seed: int) -> FireAfterBN:
+        torch.manual_seed(seed)
+        model = FireAfterBN()
+        with torch.no_grad():
+            for m in model.modules():
+                if isinstance(m, TrainablePoly):
+                    for p in m.parameters():
+                        p.add_(torch.rand_like(p) * 0.3)
+                if isinstance(m, nn.BatchNorm2d):
+                    m.running_mean.uniform_(-0.5, 0.5)
+                    m.running_var.uniform_(0.5, 2)
+                    m.weight.data.uniform_(0.5, 1.5)
+                    m.bias.data.uniform_(-0.2, 0.2)
+        return model.eval()
+
+    return build
