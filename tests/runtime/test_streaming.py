@@ -81,6 +81,36 @@ class Branchy(nn.Module):
         return self.fc(torch.flatten(y, 1))
 
 
+class TwoFires(nn.Module):
+    """conv → x² → two Fire modules (squeeze → expand 1×1 ‖ expand 3×3 → concat) → linear:
+    one streamed segment with fan-out, concatenations and 3-component concatenated inputs."""
+
+    def __init__(self):
+        super().__init__()
+        self.c1 = nn.Conv2d(1, 4, 3, padding=1)
+        self.a1 = Square()
+        layers = []
+        for cin in (4, 6):
+            layers += [
+                nn.Conv2d(cin, 2, 1),
+                TrainablePoly(2, "channel", shape=(2, 6, 6)),
+                nn.Conv2d(2, 3, 1),
+                TrainablePoly(2, "element", shape=(3, 6, 6)),
+                nn.Conv2d(2, 3, 3, padding=1),
+                TrainablePoly(2, "layer", shape=(3, 6, 6)),
+            ]
+        self.fire = nn.ModuleList(layers)
+        self.fc = nn.Linear(216, 3)
+
+    def forward(self, x):
+        y = self.a1(self.c1(x))
+        for f in range(2):
+            sq, sa, e1, a1, e3, a3 = self.fire[6 * f : 6 * f + 6]
+            s = sa(sq(y))
+            y = torch.cat([a1(e1(s)), a3(e3(s))], 1)
+        return self.fc(torch.flatten(y, 1))
+
+
 def _setup(model, shape, n=16, seed=0):
     torch.manual_seed(seed)
     model = model.eval()
@@ -112,6 +142,7 @@ def _check_plaintext(ctx, sk, out, ref):
         (Wide, (2, 8, 8), (7,)),
         (Expand, (1, 6, 6), (2,)),
         (Branchy, (1, 6, 6), (5,)),
+        (TwoFires, (1, 6, 6), (9,)),
     ],
 )
 def test_streamed_equals_unstreamed_bit_for_bit(model, shape, chunks):
@@ -136,6 +167,17 @@ def test_streaming_exercises_relinearized_chunks_and_three_component_partials():
     c2 = plan.node("c2")
     assert plan.node(c2.inputs[0]).components == 3 and c2.relin_after
     assert plan.node("fc").components == 5 and not plan.node("fc").rescale
+
+
+def test_fire_modules_stream_as_one_segment():
+    """Fan-out to both expands, the concatenation and the next squeeze stay inside one
+    segment: no Fire module's value is materialized; only the input and the output are."""
+    from hecnn.compile.streaming import find_segments
+
+    plan, *_ = _setup(TwoFires(), (1, 6, 6))
+    (seg,) = find_segments(plan)
+    assert [n.name for n in seg] == [n.name for n in plan.nodes[1:]]
+    assert sum(isinstance(n, type(plan.node("cat"))) for n in seg) == 2
 
 
 def test_run_report_and_a_budget_that_cannot_be_met():

@@ -35,7 +35,7 @@ import numpy as np
 
 from hecnn.ckks.linear import BlockSparseWeights, WeightBlock
 from hecnn.compile.chebyshev import chebyshev_schedule
-from hecnn.compile.ir import AffineNode, InputNode, Node, Plan, PolyNode
+from hecnn.compile.ir import AffineNode, ConcatNode, InputNode, Node, Plan, PolyNode
 from hecnn.compile.polyeval import schedule
 from hecnn.errors import ParameterError
 
@@ -111,28 +111,61 @@ def _consumers(plan: Plan) -> dict[str, list[Node]]:
 
 
 def find_segments(plan: Plan) -> list[tuple[Node, ...]]:
-    """Maximal chains head → … → sink (≥ 2 nodes) of affine/polynomial nodes in which every node
-    but the sink has the next one as its only consumer (and is not the plan's output)."""
+    """Streamed regions (≥ 2 nodes, in plan order): a head (affine or polynomial) that reads a
+    materialized value, then affine, polynomial and concatenation nodes whose inputs all lie in
+    the region, up to its sink — the one node whose output leaves the region (the only one with
+    consumers outside it, or the plan's output).
+
+    A Fire module is one region: the squeeze's output fans out to both expands, whose outputs
+    meet again in the concatenation and the next squeeze, so none of its 16,384–32,768-feature
+    values is ever held whole. Each region is the longest run from its head (in plan order)
+    that still has a single exit."""
     users = _consumers(plan)
-
-    def link(n: Node) -> Node | None:
-        if not isinstance(n, AffineNode | PolyNode) or n.name == plan.output:
-            return None
-        cons = users[n.name]
-        if len(cons) == 1 and isinstance(cons[0], AffineNode | PolyNode):
-            return cons[0]
-        return None
-
-    linked = {c.name for n in plan.nodes if (c := link(n)) is not None}
+    order = {n.name: i for i, n in enumerate(plan.nodes)}
+    taken: set[str] = set()
     segments = []
-    for n in plan.nodes:
-        if n.name in linked or link(n) is None:
-            continue  # not a head: fed by a chain, or feeding none
-        chain = [n]
-        while (nxt := link(chain[-1])) is not None:
-            chain.append(nxt)
-        segments.append(tuple(chain))
+    for head in plan.nodes:
+        if head.name in taken or head.name == plan.output:
+            continue
+        if not isinstance(head, AffineNode | PolyNode):
+            continue
+        region, inside = [head], {head.name}
+        for n in plan.nodes[order[head.name] + 1 :]:
+            streamable = isinstance(n, AffineNode | PolyNode | ConcatNode)
+            if streamable and n.inputs and all(i in inside for i in n.inputs):
+                region.append(n)
+                inside.add(n.name)
+        best, members = 0, set()
+        for k, n in enumerate(region):
+            members.add(n.name)
+            exits = [
+                m
+                for m in region[: k + 1]
+                if m.name == plan.output or any(u.name not in members for u in users[m.name])
+            ]
+            if k >= 1 and exits == [n]:
+                best = k + 1
+            if n.name == plan.output:
+                break
+        if best:
+            segments.append(tuple(region[:best]))
+            taken.update(m.name for m in region[:best])
     return segments
+
+
+def segment_graph(nodes: tuple[Node, ...]) -> list[list[tuple[int, int]]]:
+    """For each node of a segment, its consumers inside it as (position, column offset): a
+    concatenation reads its k-th input at the offset of the inputs before it, others at 0."""
+    pos = {n.name: k for k, n in enumerate(nodes)}
+    succ: list[list[tuple[int, int]]] = [[] for _ in nodes]
+    for k2, n in enumerate(nodes):
+        offset = 0
+        for i in n.inputs:
+            if i in pos and k2 > 0:
+                succ[pos[i]].append((k2, offset if isinstance(n, ConcatNode) else 0))
+            if isinstance(n, ConcatNode):
+                offset += nodes[pos[i]].features if i in pos else 0
+    return succ
 
 
 def covering_blocks(weights: BlockSparseWeights) -> list[WeightBlock]:
@@ -369,12 +402,14 @@ def simulate_segment(
     """
     gathers = [Gather(n.weights) if isinstance(n, AffineNode) else None for n in nodes]
     gathers[0] = None  # the head computes its rows directly from its materialized input
+    succ = segment_graph(nodes)
+    pos = {n.name: k for k, n in enumerate(nodes)}
     acc_bytes = [
         ct_bytes(plan, _input_components(plan, n), n.level_in) if g else 0
         for n, g in zip(nodes, gathers, strict=True)
     ]
     out_ct = [ct_bytes(plan, n.components, n.level_out) for n in nodes]
-    in_ct = [0, *out_ct[:-1]]
+    in_ct = [out_ct[pos[n.inputs[0]]] if k else 0 for k, n in enumerate(nodes)]
     held = [0] * len(nodes)  # bytes of input buffers and accumulators per node
     inbuf: list[list[np.ndarray]] = [[] for _ in nodes]
     done_rows: list[list[tuple[int, int]]] = [[] for _ in nodes]  # completed (block, rows)
@@ -412,18 +447,22 @@ def simulate_segment(
         return []
 
     def push(k: int, items: list[np.ndarray]) -> None:
-        for k2 in range(k, len(nodes)):
+        """Node k produced ``items``: each consumer in the segment takes them in."""
+        for k2, offset in succ[k]:
             out = []
             for idx in items:
-                if gathers[k2] is None:  # elementwise: the same features go on
+                if isinstance(nodes[k2], ConcatNode):  # renumbered, nothing computed
+                    out.append(idx + offset)
+                elif gathers[k2] is None:  # elementwise: the same features go on
                     note(len(idx) * in_ct[k2] + working_bytes(plan, nodes[k2], len(idx)))
                     out.append(idx)
-                    continue
-                inbuf[k2].append(idx)
-                held[k2] += len(idx) * in_ct[k2]
-                if sum(map(len, inbuf[k2])) >= chunk:
-                    out += deliver(k2)
-            items = out
+                else:
+                    inbuf[k2].append(idx)
+                    held[k2] += len(idx) * in_ct[k2]
+                    if sum(map(len, inbuf[k2])) >= chunk:
+                        out += deliver(k2)
+            if out:
+                push(k2, out)
 
     pieces = list(head_chunks(nodes[0], piece_size(chunk)))
     resident = np.zeros(len(pieces) + 1, dtype=np.int64)
@@ -442,14 +481,14 @@ def simulate_segment(
     for k, hc in enumerate(pieces):
         held[0] = int(resident[k])
         note(working_bytes(plan, nodes[0], len(hc.idx)))
-        push(1, [hc.idx])
+        push(0, [hc.idx])
     held[0] = 0
     count = len(pieces)
-    for k in range(1, len(nodes)):
+    for k in range(1, len(nodes)):  # plan order: a node's producers have finished before it
         if gathers[k] is None:
             continue
         items = deliver(k) if inbuf[k] else []
-        push(k + 1, items + flush(k))
+        push(k, items + flush(k))
     return count, peak
 
 

@@ -21,11 +21,11 @@ from collections.abc import Callable
 
 import numpy as np
 
-from hecnn.ckks.batch import CiphertextBatch
+from hecnn.ckks.batch import CiphertextBatch, _pad_components
 from hecnn.ckks.context import CkksContext
 from hecnn.ckks.keys import EvaluationKeys
 from hecnn.ckks.linear import accumulate_products, encoding_exponent
-from hecnn.compile.ir import AffineNode, Node, Plan, PolyNode
+from hecnn.compile.ir import AffineNode, ConcatNode, Node, Plan, PolyNode
 from hecnn.compile.streaming import (
     Gather,
     SegmentSchedule,
@@ -33,6 +33,7 @@ from hecnn.compile.streaming import (
     input_rows,
     piece_size,
     row_pieces,
+    segment_graph,
 )
 from hecnn.errors import ParameterError, ScaleError
 from hecnn.runtime.memory import file_mapping, release_rows
@@ -166,6 +167,25 @@ class _AffineStage:
         return out
 
 
+class _ConcatStage:
+    """A concatenation inside a segment: its inputs' chunks pass on renumbered (the offset is
+    applied by the feed), brought to the node's components and level."""
+
+    def __init__(self, n: ConcatNode) -> None:
+        self.node = n
+        self.held = 0
+
+    def push(self, idx: np.ndarray, x: CiphertextBatch) -> list[Chunk]:
+        if x.level > self.node.level_out:
+            x = x.drop_to(self.node.level_out)
+        if x.components < self.node.components:  # (c0, c1) and (c0, c1, 0) decrypt alike
+            x = x._like(_pad_components(x.data, self.node.components), x.scale)
+        return [(idx, x)]
+
+    def finish(self) -> list[Chunk]:
+        return []
+
+
 class _Sink:
     """The segment's materialized output, written chunk by chunk."""
 
@@ -218,7 +238,7 @@ def run_segment(
     executor's own node evaluations (the head's chunks use them); ``seconds`` accumulates the
     time spent per node; ``on_chunk(k, chunks, held_bytes)`` is called after each head chunk.
     """
-    nodes = [plan.node(name) for name in seg.nodes]
+    nodes = tuple(plan.node(name) for name in seg.nodes)
     head = nodes[0]
     stages: list = [None]
     for n in nodes[1:]:
@@ -226,18 +246,26 @@ def run_segment(
             stages.append(_PolyStage(n, keys, poly))
         elif isinstance(n, AffineNode):
             stages.append(_AffineStage(n, x.ctx, keys, seg.chunk, weight_scale))
+        elif isinstance(n, ConcatNode):
+            stages.append(_ConcatStage(n))
         else:  # pragma: no cover - find_segments admits only these
             raise ParameterError(f"cannot stream a {type(n).__name__}")
+    succ = segment_graph(nodes)
     sink = _Sink(nodes[-1].features)
     for n in nodes:
         seconds.setdefault(n.name, 0.0)
 
     def feed(k: int, items: list[Chunk]) -> None:
-        for k2 in range(k, len(nodes)):
+        """Node k produced ``items``: every consumer in the segment takes them in, depth first
+        (what a consumer completes goes on before the next consumer is served)."""
+        if k == len(nodes) - 1:
+            sink.store(items)
+        for k2, offset in succ[k]:
             t0 = time.perf_counter()
-            items = [out for idx, y in items for out in stages[k2].push(idx, y)]
+            out = [o for idx, y in items for o in stages[k2].push(idx + offset, y)]
             seconds[nodes[k2].name] += time.perf_counter() - t0
-        sink.store(items)
+            if out:
+                feed(k2, out)
 
     if isinstance(head, AffineNode):
         exponent = encoding_exponent(head.weights, weight_scale(head, x))
@@ -263,12 +291,13 @@ def run_segment(
         seconds[head.name] += time.perf_counter() - t0
         if last_use is not None:
             release_rows(x.data, np.flatnonzero(last_use == k))
-        feed(1, [(hc.idx, y)])
+        feed(0, [(hc.idx, y)])
         if on_chunk is not None:
             on_chunk(k + 1, total, sink.held + sum(s.held for s in stages[1:]))
-    for k in range(1, len(nodes)):
+    for k in range(1, len(nodes)):  # plan order: a node's producers have finished before it
         t0 = time.perf_counter()
         items = stages[k].finish()
         seconds[nodes[k].name] += time.perf_counter() - t0
-        feed(k + 1, items)
+        if items:
+            feed(k, items)
     return sink.result(seg.nodes[-1])
