@@ -76,14 +76,18 @@ def test_every_layer_type_encrypted_equals_plaintext():
     assert (got.argmax(1) == ref.argmax(1)).all()
 
 
-def test_batchnorm_after_activation_in_fire_module_encrypted_equals_plaintext(fire_after_bn):
+@pytest.mark.parametrize("tiny_lead", [False, True])
+def test_batchnorm_after_activation_in_fire_module_encrypted_equals_plaintext(
+    fire_after_bn, tiny_lead
+):
     """HEMET's conv → activation → BN order in a Fire module: the BNs fold into the
     polynomials, the leading coefficients through the concatenation, and the concatenated
     3-component expands are relinearized after the squeeze — still the plaintext model."""
-    model = fire_after_bn(6)
+    model = fire_after_bn(6, tiny_lead=tiny_lead)
     x = torch.randn(16, 2, 4, 4)
     got, ref, plan = _encrypted_vs_plain(model, x)
     assert plan.relinearizations().get("s") == 32
+    assert [plan.node(n).fold_leading for n in ("a1", "a3")] == [not tiny_lead] * 2
     assert np.abs(got - ref).max() < 1e-2 * max(1.0, np.abs(ref).max())
     assert (got.argmax(1) == ref.argmax(1)).all()
 

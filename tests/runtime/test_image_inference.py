@@ -202,6 +202,19 @@ def _convnet_image_setup(seed: int, images: int):
     return plan, ctx, evk, encrypt_image(plan, ctx, kg.public_key(sk), x[0].numpy())
 
 
+@pytest.mark.parametrize("tiny_lead", [False, True])
+def test_fire_module_with_batchnorm_after_activations(fire_after_bn, tiny_lead):
+    """Conv → activation → BN (folded into the polynomials) in a Fire module, per image; with
+    one leading coefficient that cannot fold, both concatenated expands keep theirs and land
+    at the same scale."""
+    model = fire_after_bn(7, tiny_lead=tiny_lead)
+    x = torch.randn(3, 2, 4, 4)
+    got, ref, plan, _ = _image_vs_plain(model, x)
+    folded = [plan.node(n).fold_leading for n in ("a1", "a3")]
+    assert folded == [not tiny_lead] * 2
+    _check(got, ref)
+
+
 def test_rotation_keys_are_exactly_the_steps_used():
     """The key set is minimal: the evaluation applies every generated step, and without any
     one of them it stops with MissingKeyError."""

@@ -130,30 +130,45 @@ def _column_targets(
     return targets or None
 
 
+def _monic_fits(n: PolyNode) -> bool:
+    """Whether x^d + … + (c_1/c_d)·x stays below :data:`FOLD_MAX_VALUE` on the input range."""
+    lead = n.coeffs[-1]
+    if np.any(lead == 0):
+        return False
+    r = max(map(abs, n.input_range)) if n.input_range else DEFAULT_INPUT_BOUND
+    r = 1.5 * max(r, 1.0)
+    monic = n.coeffs[1:] / lead
+    bound = np.sum(np.abs(monic) * r ** np.arange(1, n.degree + 1)[:, None], 0)
+    return bool(np.all(np.isfinite(bound)) and np.max(bound) <= FOLD_MAX_VALUE)
+
+
 def fold_leading_coefficients(nodes: list[Node], output: str) -> list[Node]:
     """Fold c_d of a polynomial into its consumers when they are all affine (directly or behind
     a concatenation): each scales the columns that read the polynomial by c_d, and takes its
     constant c_0 into its bias — p = c_d·(x^d + … + (c_1/c_d)·x) + c_0, so the monic part stays
-    small even where c_0/c_d would not (a batch-norm's shift folded into a small c_d)."""
+    small even where c_0/c_d would not (a batch-norm's shift folded into a small c_d).
+
+    The inputs of a concatenation fold all or none: a folded polynomial's output lands at
+    scale(x)²/q, an unfolded one at Δ, and a concatenation needs one scale."""
     users = consumers(nodes)
     by_name = {n.name: n for n in nodes}
-    for n in nodes:
-        if not isinstance(n, PolyNode) or n.name == output or n.degree < 2 or n.chebyshev:
-            continue
-        lead = n.coeffs[-1]
-        if np.any(lead == 0):
-            continue
-        r = max(map(abs, n.input_range)) if n.input_range else DEFAULT_INPUT_BOUND
-        r = 1.5 * max(r, 1.0)
-        # the constant moves to the consumers' biases: the monic part has none
-        monic = n.coeffs[1:] / lead
-        monic_bound = np.sum(np.abs(monic) * r ** np.arange(1, n.degree + 1)[:, None], 0)
-        if not np.all(np.isfinite(monic_bound)) or np.max(monic_bound) > FOLD_MAX_VALUE:
-            continue
-        targets = _column_targets(n, users, by_name, output)
-        if targets is None:
-            continue
-        constant = n.coeffs[0]
+    foldable = {
+        n.name: targets
+        for n in nodes
+        if isinstance(n, PolyNode)
+        and n.name != output
+        and n.degree >= 2
+        and not n.chebyshev
+        and _monic_fits(n)
+        and (targets := _column_targets(n, users, by_name, output)) is not None
+    }
+    for c in nodes:
+        if isinstance(c, ConcatNode) and not all(i in foldable for i in c.inputs):
+            for i in c.inputs:
+                foldable.pop(i, None)
+    for name, targets in foldable.items():
+        n = by_name[name]
+        lead, constant = n.coeffs[-1], n.coeffs[0]
         for c, offset in targets:
             cols = c.matrix[:, offset : offset + n.features]
             bias = np.zeros(c.matrix.shape[0]) if c.bias is None else c.bias
@@ -161,7 +176,7 @@ def fold_leading_coefficients(nodes: list[Node], output: str) -> list[Node]:
             scale = np.ones(c.matrix.shape[1])
             scale[offset : offset + n.features] = lead
             c.matrix = (c.matrix @ sp.diags(scale)).tocsr()
-        n.coeffs = np.vstack([np.zeros((1, n.features)), monic])
+        n.coeffs = np.vstack([np.zeros((1, n.features)), n.coeffs[1:] / lead])
         n.fold_leading = True
     return nodes
 

@@ -300,6 +300,61 @@ class Gather:
         return parts, done
 
 
+def holds_window(n: Node, in_features: int) -> bool:
+    """Whether a streamed affine node holds a *window of its inputs* (each output block is
+    computed once all its inputs are there; an input is released after its last block) rather
+    than accumulators of its outputs: the smaller of the two for a widening layer — a Fire
+    module's 3×3 expand (16 → 64 channels) holds about three input rows of 16 channels instead
+    of two output rows of 64."""
+    return isinstance(n, AffineNode) and n.features > in_features
+
+
+class Window:
+    """Input bookkeeping of an affine node that holds a window of its inputs.
+
+    :meth:`deliver` says which output blocks became computable and which arriving features no
+    block needs; :meth:`group` gives, for some completed blocks' rows, the weights renumbered
+    to the union of their input columns; :meth:`computed` the columns no pending block needs.
+    """
+
+    def __init__(self, weights: BlockSparseWeights) -> None:
+        self.gather = Gather(weights)
+        self.blocks = self.gather.blocks
+        self.uses = np.zeros(weights.in_features, dtype=np.int64)
+        for b in self.blocks:
+            np.add.at(self.uses, b.in_idx, 1)
+
+    def deliver(self, idx: np.ndarray) -> tuple[list[int], np.ndarray]:
+        """Features ``idx`` arrive: (blocks now complete, the features no block reads)."""
+        idx = np.asarray(idx, dtype=np.int64)
+        _, done = self.gather.deliver(idx)
+        return done, idx[self.uses[idx] == 0]
+
+    def group(
+        self, group: list[tuple[int, int, int]]
+    ) -> tuple[np.ndarray, np.ndarray, BlockSparseWeights]:
+        """(output rows, input columns U, weights over U) of rows ``lo:hi`` of some blocks."""
+        cols = [self.blocks[b].in_idx for b, _, _ in group]
+        union = np.unique(np.concatenate(cols)).astype(np.int64) if cols else np.zeros(0, int)
+        out_idx, parts, at = [], [], 0
+        for b, lo, hi in group:
+            blk = self.blocks[b]
+            out_idx.append(blk.out_idx[lo:hi])
+            pos = np.searchsorted(union, blk.in_idx)
+            parts.append(WeightBlock(np.arange(at, at + hi - lo), pos, blk.weights[lo:hi]))
+            at += hi - lo
+        weights = BlockSparseWeights(at, len(union), tuple(parts))
+        return np.concatenate(out_idx).astype(np.int64), union, weights
+
+    def computed(self, blocks: list[int]) -> np.ndarray:
+        """Blocks finished: the input columns that no other block reads any more."""
+        if not blocks:
+            return np.zeros(0, dtype=np.int64)
+        cols = np.concatenate([self.blocks[b].in_idx for b in blocks]).astype(np.int64)
+        np.subtract.at(self.uses, cols, 1)
+        return np.unique(cols[self.uses[cols] == 0])
+
+
 # -- memory -------------------------------------------------------------------------------------
 
 
@@ -400,10 +455,16 @@ def simulate_segment(
     except when ``input_row_bytes`` is given: the head's input then lies in a file and only the
     rows between their first and last use are resident (the runtime releases the others).
     """
-    gathers = [Gather(n.weights) if isinstance(n, AffineNode) else None for n in nodes]
-    gathers[0] = None  # the head computes its rows directly from its materialized input
     succ = segment_graph(nodes)
     pos = {n.name: k for k, n in enumerate(nodes)}
+    windows = [
+        Window(n.weights) if k and holds_window(n, nodes[pos[n.inputs[0]]].features) else None
+        for k, n in enumerate(nodes)
+    ]
+    gathers = [
+        Gather(n.weights) if k and isinstance(n, AffineNode) and windows[k] is None else None
+        for k, n in enumerate(nodes)
+    ]  # the head computes its rows directly from its materialized input
     acc_bytes = [
         ct_bytes(plan, _input_components(plan, n), n.level_in) if g else 0
         for n, g in zip(nodes, gathers, strict=True)
@@ -446,6 +507,19 @@ def simulate_segment(
             return flush(k)
         return []
 
+    def compute(k: int) -> list[np.ndarray]:
+        """A window node computes its completed blocks a piece of rows at a time, then
+        releases the inputs no pending block reads."""
+        w, out = windows[k], []
+        for group in row_pieces(done_rows[k], piece_size(chunk)):
+            idx, union, _ = w.group(group)
+            note(len(union) * in_ct[k] + working_bytes(plan, nodes[k], len(idx)))
+            whole = [b for b, _lo, hi in group if hi == len(w.blocks[b].out_idx)]
+            held[k] -= len(w.computed(whole)) * in_ct[k]
+            out.append(idx)
+        done_rows[k] = []
+        return out
+
     def push(k: int, items: list[np.ndarray]) -> None:
         """Node k produced ``items``: each consumer in the segment takes them in."""
         for k2, offset in succ[k]:
@@ -453,6 +527,13 @@ def simulate_segment(
             for idx in items:
                 if isinstance(nodes[k2], ConcatNode):  # renumbered, nothing computed
                     out.append(idx + offset)
+                elif windows[k2] is not None:
+                    w = windows[k2]
+                    done, unused = w.deliver(idx)
+                    held[k2] += (len(idx) - len(unused)) * in_ct[k2]
+                    done_rows[k2] += [(b, len(w.blocks[b].out_idx)) for b in done]
+                    if sum(rows for _, rows in done_rows[k2]) >= piece_size(chunk):
+                        out += compute(k2)
                 elif gathers[k2] is None:  # elementwise: the same features go on
                     note(len(idx) * in_ct[k2] + working_bytes(plan, nodes[k2], len(idx)))
                     out.append(idx)
@@ -485,6 +566,8 @@ def simulate_segment(
     held[0] = 0
     count = len(pieces)
     for k in range(1, len(nodes)):  # plan order: a node's producers have finished before it
+        if windows[k] is not None:
+            push(k, compute(k))
         if gathers[k] is None:
             continue
         items = deliver(k) if inbuf[k] else []

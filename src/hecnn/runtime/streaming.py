@@ -24,12 +24,19 @@ import numpy as np
 from hecnn.ckks.batch import CiphertextBatch, _pad_components
 from hecnn.ckks.context import CkksContext
 from hecnn.ckks.keys import EvaluationKeys
-from hecnn.ckks.linear import accumulate_products, encoding_exponent
+from hecnn.ckks.linear import (
+    BlockSparseWeights,
+    WeightBlock,
+    accumulate_products,
+    encoding_exponent,
+)
 from hecnn.compile.ir import AffineNode, ConcatNode, Node, Plan, PolyNode
 from hecnn.compile.streaming import (
     Gather,
     SegmentSchedule,
+    Window,
     head_chunks,
+    holds_window,
     input_rows,
     piece_size,
     row_pieces,
@@ -167,6 +174,87 @@ class _AffineStage:
         return out
 
 
+class _WindowStage:
+    """An affine node that holds a window of its inputs (see
+    :func:`~hecnn.compile.streaming.holds_window`): inputs are kept by feature until every
+    output block reading them is computed; a completed block is computed whole from its input
+    columns, a piece of rows at a time, with the executor's own affine evaluation and the whole
+    matrix's encoding exponent — the very products of the unstreamed node."""
+
+    def __init__(
+        self,
+        n: AffineNode,
+        keys: EvaluationKeys,
+        chunk: int,
+        affine: Callable,
+        weight_scale: Callable[[AffineNode, CiphertextBatch], float],
+    ) -> None:
+        self.node, self.keys, self.chunk = n, keys, chunk
+        self.affine, self.weight_scale = affine, weight_scale
+        self.window = Window(n.weights)
+        self.rows: dict[int, np.ndarray] = {}
+        self.ready: list[tuple[int, int]] = []
+        self.first: CiphertextBatch | None = None  # a template: level, scale, components
+        self.exponent = 0
+
+    @property
+    def held(self) -> int:
+        return sum(r.nbytes for r in self.rows.values())
+
+    def push(self, idx: np.ndarray, x: CiphertextBatch) -> list[Chunk]:
+        if self.first is None:
+            self.first = x[:1]
+            self.exponent = encoding_exponent(self.node.weights, self.weight_scale(self.node, x))
+        elif x.data.shape[1:] != self.first.data.shape[1:] or not math.isclose(
+            x.scale, self.first.scale, rel_tol=1e-12
+        ):
+            raise ScaleError(
+                f"{self.node.name}: streamed chunks disagree in components, level or scale"
+            )
+        done, unused = self.window.deliver(idx)
+        skip = set(unused.tolist())
+        for i, c in enumerate(idx.tolist()):
+            if c not in skip:
+                self.rows[c] = x.data[i]
+        w = self.window
+        self.ready += [(b, len(w.blocks[b].out_idx)) for b in done]
+        if sum(rows for _, rows in self.ready) < piece_size(self.chunk):
+            return []
+        return self._compute()
+
+    def finish(self) -> list[Chunk]:
+        if self.first is None or np.any(self.window.gather.remaining > 0):
+            raise ParameterError(f"{self.node.name}: the stream ended before all inputs arrived")
+        return self._compute()
+
+    def _compute(self) -> list[Chunk]:
+        out = []
+        w, n = self.window, self.node
+        for group in row_pieces(self.ready, piece_size(self.chunk)):
+            idx, union, weights = w.group(group)
+            if len(union):
+                data = np.stack([self.rows[c] for c in union.tolist()])
+                x = CiphertextBatch(self.first.ctx, data, self.first.scale)
+            else:  # bias-only rows: a zero-weight column of any input gives 0 exactly
+                x = self.first
+                weights = BlockSparseWeights(
+                    len(idx),
+                    1,
+                    (
+                        WeightBlock(
+                            np.arange(len(idx)), np.zeros(1, np.int64), np.zeros((len(idx), 1))
+                        ),
+                    ),
+                )
+            bias = None if n.bias is None else n.bias[idx]
+            out.append((idx, self.affine(n, x, self.keys, weights, bias, self.exponent)))
+            whole = [b for b, _lo, hi in group if hi == len(w.blocks[b].out_idx)]
+            for c in w.computed(whole).tolist():
+                self.rows.pop(c, None)
+        self.ready = []
+        return out
+
+
 class _ConcatStage:
     """A concatenation inside a segment: its inputs' chunks pass on renumbered (the offset is
     applied by the feed), brought to the node's components and level."""
@@ -244,6 +332,8 @@ def run_segment(
     for n in nodes[1:]:
         if isinstance(n, PolyNode):
             stages.append(_PolyStage(n, keys, poly))
+        elif holds_window(n, plan.node(n.inputs[0]).features):
+            stages.append(_WindowStage(n, keys, seg.chunk, affine, weight_scale))
         elif isinstance(n, AffineNode):
             stages.append(_AffineStage(n, x.ctx, keys, seg.chunk, weight_scale))
         elif isinstance(n, ConcatNode):
