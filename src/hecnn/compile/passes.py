@@ -39,29 +39,39 @@ def consumers(nodes: list[Node]) -> dict[str, list[Node]]:
     return out
 
 
-def merge_affine(nodes: list[Node], output: str) -> list[Node]:
-    """Compose each affine node into its affine consumer when it has no other consumer."""
-    changed = True
-    while changed:
-        changed = False
+def _until_stable(nodes: list[Node], step) -> list[Node]:
+    """Apply ``step(n, by_name, users)`` — which folds node ``n`` with a neighbour and returns
+    the node to drop, or None — to the first node it applies to, until none does."""
+    while True:
         by_name = {n.name: n for n in nodes}
         users = consumers(nodes)
         for n in nodes:
-            if not isinstance(n, AffineNode):
-                continue
-            prev = by_name.get(n.inputs[0])
-            if not isinstance(prev, AffineNode) or len(users[prev.name]) != 1:
-                continue
-            if prev.name == output:
-                continue
-            n.bias = n.matrix @ prev.bias + n.bias
-            n.matrix = (n.matrix @ prev.matrix).tocsr()
-            n.inputs = prev.inputs
-            n.source = f"{prev.source} → {n.source}"
-            nodes = [m for m in nodes if m is not prev]
-            changed = True
-            break
-    return nodes
+            gone = step(n, by_name, users)
+            if gone is not None:
+                nodes = [m for m in nodes if m is not gone]
+                break
+        else:
+            return nodes
+
+
+def merge_affine(nodes: list[Node], output: str) -> list[Node]:
+    """Compose each affine node into its affine consumer when it has no other consumer."""
+
+    def step(n: Node, by_name: dict, users: dict) -> Node | None:
+        if not isinstance(n, AffineNode):
+            return None
+        prev = by_name.get(n.inputs[0])
+        if not isinstance(prev, AffineNode) or len(users[prev.name]) != 1:
+            return None
+        if prev.name == output:
+            return None
+        n.bias = n.matrix @ prev.bias + n.bias
+        n.matrix = (n.matrix @ prev.matrix).tocsr()
+        n.inputs = prev.inputs
+        n.source = f"{prev.source} → {n.source}"
+        return prev
+
+    return _until_stable(nodes, step)
 
 
 def _diagonal(matrix: sp.spmatrix) -> np.ndarray | None:
@@ -82,31 +92,26 @@ def fold_elementwise_affine(nodes: list[Node], output: str) -> list[Node]:
     cost a level and a pass over every ciphertext. Only power-basis polynomials with this node
     as their one consumer, and equal shapes (the layout of per-image packing follows the shape).
     """
-    changed = True
-    while changed:
-        changed = False
-        by_name = {n.name: n for n in nodes}
-        users = consumers(nodes)
-        for n in nodes:
-            if not isinstance(n, AffineNode) or n.name == output or n.matrix is None:
-                continue
-            prev = by_name.get(n.inputs[0])
-            if not isinstance(prev, PolyNode) or prev.chebyshev or prev.name == output:
-                continue
-            if len(users[prev.name]) != 1 or tuple(prev.shape) != tuple(n.shape):
-                continue
-            d = _diagonal(n.matrix)
-            if d is None:
-                continue
-            prev.coeffs = prev.coeffs * d[None, :]
-            prev.coeffs[0] = prev.coeffs[0] + np.asarray(n.bias, dtype=np.float64)
-            prev.source = f"{prev.source} → {n.source}"
-            for c in users[n.name]:
-                c.inputs = tuple(prev.name if i == n.name else i for i in c.inputs)
-            nodes = [m for m in nodes if m is not n]
-            changed = True
-            break
-    return nodes
+
+    def step(n: Node, by_name: dict, users: dict) -> Node | None:
+        if not isinstance(n, AffineNode) or n.name == output or n.matrix is None:
+            return None
+        prev = by_name.get(n.inputs[0])
+        if not isinstance(prev, PolyNode) or prev.chebyshev or prev.name == output:
+            return None
+        if len(users[prev.name]) != 1 or tuple(prev.shape) != tuple(n.shape):
+            return None
+        d = _diagonal(n.matrix)
+        if d is None:
+            return None
+        prev.coeffs = prev.coeffs * d[None, :]
+        prev.coeffs[0] = prev.coeffs[0] + np.asarray(n.bias, dtype=np.float64)
+        prev.source = f"{prev.source} → {n.source}"
+        for c in users[n.name]:
+            c.inputs = tuple(prev.name if i == n.name else i for i in c.inputs)
+        return n
+
+    return _until_stable(nodes, step)
 
 
 def _column_targets(
