@@ -232,3 +232,30 @@ def test_unstreamed_affine_in_pieces_equals_the_whole_product():
     assert first.features > AFFINE_PIECE
     pieces, whole = _affine_pieces(first, ct, evk), _affine(first, ct, evk)
     assert pieces.scale == whole.scale and np.array_equal(pieces.data, whole.data)
+
+
+def test_window_stage_computes_bias_only_rows():
+    """A widening layer (held as a window of its inputs) with an all-zero weight row: that
+    output has no inputs, only its bias; streamed one feature at a time it still equals the
+    unstreamed run bit for bit."""
+    from hecnn.compile.streaming import covering_blocks, holds_window
+
+    model = nn.Sequential(
+        nn.Flatten(),
+        nn.Linear(4, 4),
+        Square(),
+        nn.Linear(4, 8),
+        TrainablePoly(2, "element", shape=(8,)),
+        nn.Linear(8, 3),
+    )
+    torch.manual_seed(0)
+    with torch.no_grad():
+        model[3].weight[5].zero_()
+    plan, ctx, sk, evk, ct, ref = _setup(model, (1, 2, 2), n=8)
+    wide = next(n for n in plan.nodes if n.features == 8 and getattr(n, "weights", None))
+    assert holds_window(wide, 4)
+    assert any(len(b.in_idx) == 0 for b in covering_blocks(wide.weights))
+    whole = run(plan, ct, evk, streaming=False)
+    out = run(plan, ct, evk, chunk=1)
+    assert np.array_equal(out.data, whole.data)
+    _check_plaintext(ctx, sk, out, ref)
