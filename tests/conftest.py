@@ -57,3 +57,49 @@ def fire_after_bn():
         return model.eval()
 
     return build
+
+
+class PoolThenConv(nn.Module):
+    """conv → element-wise polynomial → BN → 2×2 average pool → 3×3 conv → poly → 1×1 conv →
+    poly → linear (the last two polynomials form the rescale-free tail; ``deep=False`` drops
+    the 1×1 conv and its polynomial): merged, the pool and
+    the 3×3 conv would be a 6×6 stride-2 conv (4× the MACs), so the compiler keeps them apart
+    at the cost of a level (HEMET's pool2 → conv2, ishiyama_cifar's pools)."""
+
+    def __init__(self, deep: bool = True):
+        super().__init__()
+        self.deep = deep
+        self.c0 = nn.Conv2d(2, 6, 3, padding=1)
+        self.a0 = TrainablePoly(2, "element", shape=(6, 8, 8))
+        self.b0 = nn.BatchNorm2d(6)
+        self.pool = nn.AvgPool2d(2)
+        self.c1 = nn.Conv2d(6, 6, 3, padding=1)
+        self.a1 = TrainablePoly(2, "channel", shape=(6, 4, 4))
+        self.c2 = nn.Conv2d(6, 6, 1)
+        self.a2 = TrainablePoly(2, "layer", shape=(6, 4, 4))
+        self.fc = nn.Linear(96, 3)
+
+    def forward(self, x):
+        y = self.pool(self.b0(self.a0(self.c0(x))))
+        y = self.a1(self.c1(y))
+        if self.deep:
+            y = self.a2(self.c2(y))
+        return self.fc(torch.flatten(y, 1))
+
+
+@pytest.fixture
+def pool_then_conv():
+    """(``seed``, ``deep``) → a :class:`PoolThenConv` with random polynomials and batch-norm
+    statistics."""
+
+    def build(seed: int, deep: bool = True) -> PoolThenConv:
+        torch.manual_seed(seed)
+        model = PoolThenConv(deep)
+        with torch.no_grad():
+            for p in model.a0.parameters():
+                p.add_(torch.rand_like(p) * 0.3)
+            model.b0.running_mean.uniform_(-0.5, 0.5)
+            model.b0.running_var.uniform_(0.5, 2)
+        return model.eval()
+
+    return build

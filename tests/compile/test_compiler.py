@@ -162,3 +162,41 @@ def test_batchnorm_behind_branching_activation_folds_into_the_polynomial(fire_af
     # outputs are relinearized after the 32-output squeeze
     assert relins.get("a0") == 64 and relins.get("s") == 32, relins
     assert sum(relins.values()) == 64 + 32
+
+
+def test_pool_is_kept_apart_from_the_conv_after_it_where_that_is_cheaper(pool_then_conv):
+    """Merged, a 2×2 pool and the 3×3 conv after it are a 6×6 stride-2 conv: a level fewer but
+    ~4× the MACs. The compiler lowers the plan both ways and keeps the cheaper one — apart,
+    except where the extra level would need a ring twice as large (the shallow variant at
+    128-bit). Either way the plan computes the model."""
+    from hecnn.compile.cost import plan_work
+    from hecnn.compile.serialize import dumps_plan, loads_plan
+
+    model = pool_then_conv(1)
+    x = torch.randn(8, 2, 8, 8)
+    kw = dict(batch=8, calib=x, insecure_ring_for_tests=4096)
+    apart = compile_model(model, (2, 8, 8), **kw)
+    merged = compile_model(model, (2, 8, 8), merge_by_cost=False, **kw)
+    pools = [n for n in apart.nodes if isinstance(n, AffineNode) and "AvgPool2d" in n.source]
+    assert [p.source for p in pools] == ["BatchNorm2d b0 → AvgPool2d pool"]
+    assert not any("AvgPool2d" in n.source for n in merged.nodes if n.name != "c1")
+    assert "AvgPool2d" in merged.node("c1").source
+    assert apart.levels == merged.levels + 1
+    macs = [sum(n.macs for n in p.nodes if isinstance(n, AffineNode)) for p in (apart, merged)]
+    assert macs[0] < 0.55 * macs[1], macs
+    assert plan_work(apart) < 0.9 * plan_work(merged)
+    assert len(apart.decisions) == 1 and apart.decisions[0].startswith("pool → c1 kept apart")
+    assert not merged.decisions
+    assert loads_plan(dumps_plan(apart)).decisions == apart.decisions
+    assert "decision: pool → c1" in apart.summary()
+    with torch.no_grad():
+        ref = model(x).double().numpy()
+    for plan in (apart, merged):
+        np.testing.assert_allclose(simulate(plan, x.numpy()), ref, atol=1e-6 * np.abs(ref).max())
+    shallow = pool_then_conv(1, deep=False)
+    secure = compile_model(shallow, (2, 8, 8), batch=8, calib=x)
+    assert not secure.decisions and secure.params.n == 8192
+    assert "AvgPool2d" in secure.node("c1").source
+    # the deep model needs N = 2^14 either way: apart at 128-bit too
+    secure = compile_model(model, (2, 8, 8), batch=8, calib=x)
+    assert secure.params.n == 16384 and secure.decisions

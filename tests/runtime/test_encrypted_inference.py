@@ -169,3 +169,16 @@ def test_relinearization_free_tail_equals_plaintext(tail):
         ref = model(x).double().numpy()
     assert np.abs(got - ref).max() < 1e-2 * max(1.0, np.abs(ref).max())
     assert (got.argmax(1) == ref.argmax(1)).all()
+
+
+def test_pool_kept_apart_encrypted_equals_plaintext(pool_then_conv):
+    """A pool kept apart from the conv after it (a level more, a quarter of the MACs) takes the
+    3-component products of the polynomial before it and relinearizes them: 4× fewer key
+    switches than at the polynomial — still the plaintext model."""
+    model = pool_then_conv(2)
+    x = torch.randn(16, 2, 8, 8)
+    got, ref, plan = _encrypted_vs_plain(model, x)
+    assert plan.decisions and plan.node("pool").relin_after
+    assert plan.node("a0").components == 3 and plan.node("c1").components == 2
+    assert np.abs(got - ref).max() < 1e-2 * max(1.0, np.abs(ref).max())
+    assert (got.argmax(1) == ref.argmax(1)).all()

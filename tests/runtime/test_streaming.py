@@ -259,3 +259,17 @@ def test_window_stage_computes_bias_only_rows():
     out = run(plan, ct, evk, chunk=1)
     assert np.array_equal(out.data, whole.data)
     _check_plaintext(ctx, sk, out, ref)
+
+
+def test_pool_kept_apart_streams_bit_for_bit(pool_then_conv):
+    """The pool the compiler keeps apart from the next conv runs inside the streamed segment
+    (3-component partial sums, relinearized at the pool) with the unstreamed result."""
+    plan, ctx, sk, evk, ct, ref = _setup(pool_then_conv(3), (2, 8, 8))
+    assert plan.decisions
+    whole = run(plan, ct, evk, streaming=False)
+    _check_plaintext(ctx, sk, whole, ref)
+    report = RunReport()
+    out = run(plan, ct, evk, chunk=6, report=report)
+    assert any(s.chunks > 1 and "pool" in s.nodes for s in report.schedule.segments)
+    assert np.array_equal(out.data, whole.data) and out.scale == whole.scale
+    _check_plaintext(ctx, sk, out, ref)

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import copy
+
 import numpy as np
 import torch
 from torch import nn
 
+from hecnn.compile.cost import plan_work
 from hecnn.compile.image import pack_image
 from hecnn.compile.ir import Plan, PolyNode
 from hecnn.compile.levels import (
@@ -40,6 +43,7 @@ def compile_model(
     calib: torch.Tensor | np.ndarray | None = None,
     scale_bits: int | None = None,
     fold_leading: bool = True,
+    merge_by_cost: bool = True,
     relin_free_tail: bool = True,
     insecure_ring_for_tests: int | None = None,
     packing: str = "batch",
@@ -51,6 +55,9 @@ def compile_model(
     :mod:`hecnn.compile.image`) or "auto" (image packing for batches up to
     :data:`AUTO_IMAGE_MAX_BATCH`). Both evaluate the same folded network.
 
+    ``merge_by_cost``: keep a pooling apart from the layer after it where merging them would
+    cost more than the level it saves (see :func:`_cheapest_merges`; the choice is listed in
+    ``plan.decisions``); False merges every affine chain (the fewest levels).
     ``relin_free_tail`` lets the last two multiplying layers run without relinearization (a
     rescale-free tail, see :func:`hecnn.compile.levels.rescale_free_tail`). ``calib`` (a few
     real inputs) sizes the base modulus from the largest output and checks the
@@ -64,18 +71,8 @@ def compile_model(
     image = packing == "image"
     if image:
         relin_free_tail = False  # rotations need 2-component ciphertexts
-    nodes, output = trace(model, input_shape)
-    nodes = merge_affine(nodes, output)
-    nodes = fold_elementwise_affine(nodes, output)
-    if fold_leading:
-        nodes = fold_leading_coefficients(nodes, output)
-    plan_relinearization(nodes, output, tail=relin_free_tail)
-    if image:
-        relinearize_every_product(nodes, output)
-    assign_scale_factors(nodes)
-    depth = max(relative_depths(nodes).values())
+    traced, output = trace(model, input_shape)
     bound = DEFAULT_OUTPUT_BOUND
-    warnings: list[str] = []
     if calib is not None:
         x = torch.as_tensor(np.asarray(calib), dtype=torch.float32)
         if tuple(x.shape[1:]) != input_shape:
@@ -85,17 +82,39 @@ def compile_model(
         with torch.no_grad():
             out = model.eval()(x)
         bound = float(out.abs().max()) * OUTPUT_MARGIN
-    params = choose_parameters(
-        depth,
-        1 if image else batch,
-        bound,
-        scale_bits=scale_bits,
-        insecure_ring=insecure_ring_for_tests,
-        tail_bits=lambda sb: tail_scale_bits(nodes, sb),
-        tight_base=image,
-    )
-    assign_levels(nodes, params.max_level)
-    input_node(nodes)
+
+    def lower(keep_apart: frozenset, merged: list | None = None) -> tuple[list, object]:
+        """Fold, relinearize, level and pick parameters for one choice of merges."""
+        nodes = merge_affine(copy.deepcopy(traced), output, keep_apart=keep_apart, merged=merged)
+        nodes = fold_elementwise_affine(nodes, output)
+        if fold_leading:
+            nodes = fold_leading_coefficients(nodes, output)
+        plan_relinearization(nodes, output, tail=relin_free_tail)
+        if image:
+            relinearize_every_product(nodes, output)
+        assign_scale_factors(nodes)
+        depth = max(relative_depths(nodes).values())
+        params = choose_parameters(
+            depth,
+            1 if image else batch,
+            bound,
+            scale_bits=scale_bits,
+            insecure_ring=insecure_ring_for_tests,
+            tail_bits=lambda sb: tail_scale_bits(nodes, sb),
+            tight_base=image,
+        )
+        assign_levels(nodes, params.max_level)
+        input_node(nodes)
+        return nodes, params
+
+    merged: list[tuple[str, str, float]] = []
+    nodes, params = lower(frozenset(), merged)
+    decisions: list[str] = []
+    if merge_by_cost and not image:  # per-image cost is in rotations and diagonals, not modelled here
+        nodes, params, decisions = _cheapest_merges(
+            lower, nodes, params, merged, batch, input_shape, output
+        )
+    warnings: list[str] = []
     for n in nodes:
         if isinstance(n, PolyNode) and n.valid_range and n.input_range:
             lo, hi = n.input_range
@@ -114,11 +133,57 @@ def compile_model(
         batch=1 if image else batch,
         model_name=type(model).__name__,
         warnings=warnings,
+        decisions=decisions,
         packing=packing,
     )
     if image:
         plan.image = pack_image(nodes, params.slots)
     return plan
+
+
+#: merges that multiply the MACs by more than this are tried both ways (see :func:`_cheapest_merges`)
+MERGE_TRIAL_GROWTH = 1.25
+#: keep a merge apart only when that cuts the estimated work below this fraction: the extra
+#: level also enlarges every ciphertext the client uploads and the evaluation keys, and its
+#: accumulators can need more memory (hemet_squeezenet: pool2 apart 0.45×, kept; pool1 apart
+#: a further 0.96×, not worth 6 GiB more of streamed accumulators)
+MERGE_APART_GAIN = 0.9
+
+
+def _cheapest_merges(lower, nodes, params, merged, batch, input_shape, output):
+    """Keep an affine merge apart where that makes the plan cheaper, greedily, merge by merge.
+
+    Merging two affine nodes saves a level for every node before them, but the composition
+    can cost several times the MACs (a pooling composed into a convolution). Each merge that
+    grew the MACs by more than :data:`MERGE_TRIAL_GROWTH` is undone in turn, largest growth
+    first, the plan lowered again, and the choice kept when the estimated work
+    (:func:`hecnn.compile.cost.plan_work`, which also sees a larger ring, should the extra level
+    need one) falls below :data:`MERGE_APART_GAIN` of the best so far. Returns the nodes, the
+    parameters and a sentence per merge kept apart.
+    """
+
+    def work(nodes, params) -> float:
+        return plan_work(Plan(nodes, output, params, input_shape, batch))
+
+    first = best = work(nodes, params)
+    keep: frozenset = frozenset()
+    decisions = []
+    for prev, cons, growth in sorted(merged, key=lambda m: -m[2]):
+        if growth <= MERGE_TRIAL_GROWTH:
+            continue
+        try:
+            trial_nodes, trial_params = lower(keep | {prev})
+        except HecnnError:  # e.g. one more level fits no 128-bit ring
+            continue
+        w = work(trial_nodes, trial_params)
+        if w < MERGE_APART_GAIN * best:
+            best, keep = w, keep | {prev}
+            nodes, params = trial_nodes, trial_params
+            decisions.append(
+                f"{prev} → {cons} kept apart (merged: {growth:.1f}× the MACs, one level "
+                f"fewer); estimated work {w / first:.2f}× the all-merged plan's"
+            )
+    return nodes, params, decisions
 
 
 #: ``packing="auto"`` picks per-image packing up to this many images: a batch-packed run costs

@@ -70,6 +70,8 @@ class AffineNode(Node):
 
     @property
     def macs(self) -> int:
+        if self.weights is None:  # still a sparse matrix (before ``block_weights``)
+            return int(self.matrix.nnz) if self.matrix is not None else 0
         return self.weights.nnz
 
 
@@ -147,6 +149,9 @@ class Plan:
     batch: int
     model_name: str = ""
     warnings: list[str] = field(default_factory=list)
+    #: choices the compiler made by estimated cost, for the summary (e.g. a pooling kept apart
+    #: from the next layer because merging them would multiply its MACs)
+    decisions: list[str] = field(default_factory=list)
     #: "batch": one ciphertext per feature, one image per slot; "image": one image's features
     #: in the slots of a few ciphertexts (:mod:`hecnn.compile.image`, layouts in ``image``)
     packing: str = "batch"
@@ -253,6 +258,7 @@ class Plan:
             f"CKKS: {p.describe()}",
             self._memory_line() if self.image is None else self._image_lines(),
         ]
+        lines += [f"decision: {d}" for d in self.decisions]
         lines += [f"warning: {w}" for w in self.warnings]
         return "\n".join(lines)
 

@@ -110,6 +110,7 @@ def dumps_plan(plan: Plan) -> bytes:
             "batch": int(plan.batch),
             "model_name": plan.model_name,
             "warnings": list(plan.warnings),
+            "decisions": list(plan.decisions),
             "packing": plan.packing,
         }
     }
@@ -342,6 +343,9 @@ def _build(spec: dict, arrs: dict, params) -> Plan:
     warnings = spec.get("warnings", [])
     if not isinstance(warnings, list) or len(warnings) > MAX_NODES:
         raise SerializationError("malformed plan: warnings must be a list of strings")
+    decisions = spec.get("decisions", [])
+    if not isinstance(decisions, list) or len(decisions) > MAX_NODES:
+        raise SerializationError("malformed plan: decisions must be a list of strings")
     packing = spec.get("packing", "batch")
     if packing not in ("batch", "image"):
         raise SerializationError(f"malformed plan: unknown packing {str(packing)[:20]!r}")
@@ -353,6 +357,7 @@ def _build(spec: dict, arrs: dict, params) -> Plan:
         batch=batch,
         model_name=_text(spec.get("model_name", ""), "model_name"),
         warnings=[_text(w, "warning") for w in warnings],
+        decisions=[_text(d, "decision") for d in decisions],
         packing=packing,
     )
     if packing == "image":  # layouts and diagonals follow from the nodes: rebuilt, not stored

@@ -26,7 +26,8 @@ from pathlib import Path
 from hecnn.ckks import serialize
 from hecnn.ckks.batch import CiphertextBatch
 from hecnn.ckks.context import CkksContext
-from hecnn.compile.ir import AffineNode, Plan, PolyNode
+from hecnn.compile.cost import node_costs
+from hecnn.compile.ir import Plan
 from hecnn.errors import HecnnError
 from hecnn.runtime.executor import run
 from hecnn.runtime.files import write_atomic
@@ -49,27 +50,6 @@ class QueueFullError(HecnnError):
 
 class _StopRunError(Exception):
     """Raised from the progress callback to abandon a run at a node boundary."""
-
-
-def node_costs(plan: Plan) -> list[float]:
-    """Rough relative cost of each node, for progress percentages and ETAs.
-
-    Key switching dominates: a relinearization costs about as much as a few dozen ciphertext
-    multiply-accumulates, and every operation scales with the limbs it touches. An estimate, not
-    a promise — the ETA is refined from measured time as the job advances.
-    """
-    relins = plan.relinearizations()
-    out = []
-    for n in plan.nodes:
-        limbs = max(n.level_in, 0) + 1
-        if isinstance(n, AffineNode):
-            c = n.macs
-        elif isinstance(n, PolyNode):
-            c = n.features * max(n.degree, 1)
-        else:
-            c = n.features * 0.05 if n.inputs else 0.0
-        out.append((c + 40.0 * relins[n.name]) * limbs)
-    return out
 
 
 class JobManager:
