@@ -8,9 +8,9 @@ model, with the same labels. Small insecure rings keep this fast (tests only).""
 import _models
 import numpy as np
 import pytest
-from conftest import RING
 
 import hecnn
+from conftest import RING
 from hecnn.check import check, simulate_ckks
 from hecnn.runtime.simulate import simulate
 
