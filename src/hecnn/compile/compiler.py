@@ -110,7 +110,8 @@ def compile_model(
     merged: list[tuple[str, str, float]] = []
     nodes, params = lower(frozenset(), merged)
     decisions: list[str] = []
-    if merge_by_cost and not image:  # per-image cost is in rotations and diagonals, not modelled here
+    # per-image cost lies in rotations and diagonals, which plan_work does not model
+    if merge_by_cost and not image:
         nodes, params, decisions = _cheapest_merges(
             lower, nodes, params, merged, batch, input_shape, output
         )
