@@ -8,9 +8,10 @@ import numpy as np
 import torch
 from torch import nn
 
+from hecnn.ckks.params import CkksParameters
 from hecnn.compile.cost import plan_work
 from hecnn.compile.image import pack_image
-from hecnn.compile.ir import Plan, PolyNode
+from hecnn.compile.ir import Node, Plan, PolyNode
 from hecnn.compile.levels import (
     assign_levels,
     assign_scale_factors,
@@ -83,7 +84,9 @@ def compile_model(
             out = model.eval()(x)
         bound = float(out.abs().max()) * OUTPUT_MARGIN
 
-    def lower(keep_apart: frozenset, merged: list | None = None) -> tuple[list, object]:
+    def lower(
+        keep_apart: frozenset[str], merged: list | None = None
+    ) -> tuple[list[Node], CkksParameters]:
         """Fold, relinearize, level and pick parameters for one choice of merges."""
         nodes = merge_affine(copy.deepcopy(traced), output, keep_apart=keep_apart, merged=merged)
         nodes = fold_elementwise_affine(nodes, output)
