@@ -382,7 +382,8 @@ def simulate_ckks(plan: Any, images: np.ndarray, seed: int = 0) -> np.ndarray:
                 if k > 1 and sd:
                     power = noisy(power, sd * math.sqrt(math.ceil(math.log2(k))))
                 acc = acc + coeffs[k][:, None] * power
-            vals[nd.name] = noisy(acc, sd) if sd else acc
+            # a deferred last rescale rounds after the consumer's sums (its noise is there)
+            vals[nd.name] = noisy(acc, sd) if sd and not nd.defer_rescale else acc
         elif isinstance(nd, AddNode):
             vals[nd.name] = vals[nd.inputs[0]] + vals[nd.inputs[1]]
         elif isinstance(nd, MulNode):

@@ -154,7 +154,7 @@ def test_batchnorm_behind_branching_activation_folds_into_the_polynomial(fire_af
     assert len(affine) == 5
     polys = [n for n in plan.nodes if isinstance(n, PolyNode)]
     assert all("BatchNorm2d" in p.source for p in polys[:3])
-    assert all(p.fold_leading and p.depth == 1 for p in polys)
+    assert all(p.fold_leading and p.depth + p.defer_rescale == 1 for p in polys)
     # c0, a0, expand, a1|a3, s, a4 and fc: one level each
     assert plan.levels == 7
     relins = plan.relinearizations()
@@ -185,8 +185,12 @@ def test_pool_is_kept_apart_from_the_conv_after_it_where_that_is_cheaper(pool_th
     macs = [sum(n.macs for n in p.nodes if isinstance(n, AffineNode)) for p in (apart, merged)]
     assert macs[0] < 0.55 * macs[1], macs
     assert plan_work(apart) < 0.9 * plan_work(merged)
-    assert len(apart.decisions) == 1 and apart.decisions[0].startswith("pool → c1 kept apart")
-    assert not merged.decisions
+
+    def kept(plan):
+        return [d for d in plan.decisions if "kept apart" in d]
+
+    assert len(kept(apart)) == 1 and kept(apart)[0].startswith("pool → c1 kept apart")
+    assert not kept(merged)
     assert loads_plan(dumps_plan(apart)).decisions == apart.decisions
     assert "decision: pool → c1" in apart.summary()
     with torch.no_grad():
@@ -195,8 +199,48 @@ def test_pool_is_kept_apart_from_the_conv_after_it_where_that_is_cheaper(pool_th
         np.testing.assert_allclose(simulate(plan, x.numpy()), ref, atol=1e-6 * np.abs(ref).max())
     shallow = pool_then_conv(1, deep=False)
     secure = compile_model(shallow, (2, 8, 8), batch=8, calib=x)
-    assert not secure.decisions and secure.params.n == 8192
+    assert not kept(secure) and secure.params.n == 8192
     assert "AvgPool2d" in secure.node("c1").source
     # the deep model needs N = 2^14 either way: apart at 128-bit too
     secure = compile_model(model, (2, 8, 8), batch=8, calib=x)
-    assert secure.params.n == 16384 and secure.decisions
+    assert secure.params.n == 16384 and kept(secure)
+
+
+def test_rescales_deferred_to_consumers_with_fewer_outputs(fire_after_bn):
+    """The Fire module's expands (96 features) leave their last rescale to the squeeze after
+    the concatenation (32 outputs), which rescales twice: the same depth and the same
+    function, one level higher in between; the choice survives serialization, and a plan in
+    which a deferred rescale has no owner is refused."""
+    from hecnn.compile.levels import check_deferred_rescales
+    from hecnn.compile.serialize import dumps_plan, loads_plan
+    from hecnn.errors import ParameterError, SerializationError
+
+    model = fire_after_bn(4)
+    x = torch.randn(8, 2, 4, 4)
+    lazy = compile_model(model, (2, 4, 4), batch=8, calib=x)
+    eager = compile_model(model, (2, 4, 4), batch=8, calib=x, lazy_rescale=False)
+    assert lazy.levels == eager.levels and lazy.params.n == eager.params.n
+    deferred = [n.name for n in lazy.nodes if getattr(n, "defer_rescale", False)]
+    assert deferred == ["a1", "a3", "a4"]  # a4: 32 features → fc's 3 outputs
+    assert lazy.node("fc").owed_rescales == 1
+    assert not any(getattr(n, "defer_rescale", False) for n in eager.nodes)
+    s, s_eager = lazy.node("s"), eager.node("s")
+    assert s.owed_rescales == 1 and s.level_in == s_eager.level_in + 1
+    assert s.level_in - s.level_out == 2 and s.level_out == s_eager.level_out
+    for name in ("a1", "a3"):
+        assert lazy.node(name).level_out == eager.node(name).level_out + 1
+    assert any("deferred to s" in d for d in lazy.decisions) and "2 rescales" in lazy.summary()
+    with torch.no_grad():
+        ref = model(x).double().numpy()
+    np.testing.assert_allclose(simulate(lazy, x.numpy()), ref, atol=1e-6 * np.abs(ref).max())
+    back = loads_plan(dumps_plan(lazy))
+    assert back.node("a1").defer_rescale and back.node("s").owed_rescales == 1
+    lazy.node("s").owed_rescales = 0  # nobody rescales what a1 and a3 deferred
+    with pytest.raises(ParameterError, match="does not do"):
+        check_deferred_rescales(lazy.nodes)
+    with pytest.raises(SerializationError, match="malformed plan"):
+        loads_plan(dumps_plan(lazy))
+    lazy.node("s").owed_rescales = 1
+    lazy.node("a3").defer_rescale = False  # a concatenation of two scales
+    with pytest.raises(ParameterError, match="deferred and rescaled"):
+        check_deferred_rescales(lazy.nodes)

@@ -110,7 +110,9 @@ def test_layer_split_equals_the_unsplit_runtime_bit_for_bit(cluster, job, refere
 def test_split_chosen_from_memory_runs_a_plan_too_big_for_one_worker(cluster, job, reference):
     address, _ = cluster
     _, plan, _, _, evk, batches = job
-    budget = plan.memory_estimate(streaming=False) // 6  # no worker holds the whole batch
+    # no worker holds the whole batch; the classifier (it reads all 144 features, one level
+    # higher where the activation before it defers its rescale) cannot be cut below 1/5
+    budget = plan.memory_estimate(streaming=False) // 5
     ex = RayExecutor(plan, address, worker_memory=budget)
     assert ex.needs_split()
     sched = ex.split_schedule()

@@ -273,3 +273,17 @@ def test_pool_kept_apart_streams_bit_for_bit(pool_then_conv):
     assert any(s.chunks > 1 and "pool" in s.nodes for s in report.schedule.segments)
     assert np.array_equal(out.data, whole.data) and out.scale == whole.scale
     _check_plaintext(ctx, sk, out, ref)
+
+
+def test_deferred_rescales_stream_bit_for_bit():
+    """Both Fire modules' expands defer their last rescale to the next squeeze: streamed in
+    chunks, the squeeze's partial sums of unrescaled products (one level higher) and its two
+    rescales give the unstreamed result bit for bit."""
+    plan, ctx, sk, evk, ct, ref = _setup(TwoFires(), (1, 6, 6))
+    owing = [n for n in plan.nodes if getattr(n, "owed_rescales", 0)]
+    assert owing and all(plan.node(n.inputs[0]).level_out == n.level_in for n in owing)
+    whole = run(plan, ct, evk, streaming=False)
+    for chunk in (3, 10):
+        out = run(plan, ct, evk, chunk=chunk)
+        assert np.array_equal(out.data, whole.data) and out.scale == whole.scale
+    _check_plaintext(ctx, sk, whole, ref)

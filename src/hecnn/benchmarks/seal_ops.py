@@ -160,7 +160,8 @@ def node_op_counts(plan: Plan) -> dict[str, Counter]:
                 c.add("add", lvl, n.features / 2)  # a constant touches c0 only
             out_lvl = lvl
             if n.rescale:
-                c.add("rescale", lvl, n.features * cin / 2)
+                for k in range(1 + n.owed_rescales):  # and the input's deferred rescale
+                    c.add("rescale", lvl - k, n.features * cin / 2)
                 out_lvl = lvl - 1
             if n.relin_after and cin > 2:
                 c.add("relin", out_lvl, n.features)
@@ -255,7 +256,8 @@ def _poly_ops(c: _Counter, n: PolyNode, cin: int) -> None:
         c.add("square", lvl, f)
         c.add("mul_scalar", lvl, f * (len(sch.terms) - 1))
         c.add("add", lvl, f * (len(sch.terms) - 1) * 1.5)
-        c.add("rescale", lvl, f * 1.5)
+        if not n.defer_rescale:  # else its affine consumers rescale (after their sums)
+            c.add("rescale", lvl, f * 1.5)
         return
     feeding = feeding_powers(sch)
     lv, cmp = {1: lvl}, {1: 2}

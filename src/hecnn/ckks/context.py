@@ -16,6 +16,7 @@ from concurrent.futures import ThreadPoolExecutor
 from functools import cached_property
 
 import numpy as np
+from threadpoolctl import ThreadpoolController
 
 from hecnn.ckks import kernels
 from hecnn.ckks.backend import check_backend, make_backend
@@ -108,6 +109,12 @@ class CkksContext:
     def pool(self) -> ThreadPoolExecutor:
         return ThreadPoolExecutor(max_workers=self.threads, thread_name_prefix=_POOL_PREFIX)
 
+    @cached_property
+    def blas(self) -> ThreadpoolController:
+        """The process's BLAS thread pools, found once: ``threadpool_limits`` rescans every
+        loaded library on each call (~2 ms with torch and numba loaded, once per GEMM batch)."""
+        return ThreadpoolController()
+
     def parallel(self, count: int, fn: Callable[[int, int], None], *, work: int = 0) -> None:
         """Run fn(lo, hi) over [0, count) split into ``threads`` contiguous parts.
 
@@ -166,6 +173,7 @@ class CkksContext:
     def __getstate__(self) -> dict:
         state = self.__dict__.copy()
         state.pop("pool", None)  # threads do not pickle; a copy makes its own
+        state.pop("blas", None)
         state.pop("backend", None)  # device tables: a copy rebuilds its own
         return state
 

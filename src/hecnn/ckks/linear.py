@@ -27,7 +27,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
-from threadpoolctl import threadpool_limits
 
 from hecnn.ckks import kernels
 from hecnn.ckks.batch import CiphertextBatch
@@ -340,5 +339,5 @@ def _products(
                     accumulate,
                 )
 
-    with threadpool_limits(1, user_api="blas"):
+    with ctx.blas.limit(limits=1, user_api="blas"):
         ctx.parallel(len(jobs), work)

@@ -16,6 +16,7 @@ from hecnn.compile.levels import (
     assign_levels,
     assign_scale_factors,
     choose_parameters,
+    defer_rescales,
     input_node,
     plan_relinearization,
     relative_depths,
@@ -46,6 +47,7 @@ def compile_model(
     fold_leading: bool = True,
     merge_by_cost: bool = True,
     relin_free_tail: bool = True,
+    lazy_rescale: bool = True,
     insecure_ring_for_tests: int | None = None,
     packing: str = "batch",
 ) -> Plan:
@@ -60,7 +62,10 @@ def compile_model(
     cost more than the level it saves (see :func:`_cheapest_merges`; the choice is listed in
     ``plan.decisions``); False merges every affine chain (the fewest levels).
     ``relin_free_tail`` lets the last two multiplying layers run without relinearization (a
-    rescale-free tail, see :func:`hecnn.compile.levels.rescale_free_tail`). ``calib`` (a few
+    rescale-free tail, see :func:`hecnn.compile.levels.rescale_free_tail`). ``lazy_rescale``
+    lets a polynomial leave its last rescale to affine consumers with fewer outputs (see
+    :func:`hecnn.compile.levels.defer_rescales`; batch packing; listed in ``plan.decisions``).
+    ``calib`` (a few
     real inputs) sizes the base modulus from the largest output and checks the
     polynomial activations' recorded input ranges. ``insecure_ring_for_tests`` forces a small
     ring degree below 128-bit security — unit tests only.
@@ -86,8 +91,9 @@ def compile_model(
 
     def lower(
         keep_apart: frozenset[str], merged: list | None = None
-    ) -> tuple[list[Node], CkksParameters]:
-        """Fold, relinearize, level and pick parameters for one choice of merges."""
+    ) -> tuple[list[Node], CkksParameters, list[str]]:
+        """Fold, relinearize, level and pick parameters for one choice of merges; the notes
+        say which rescales were deferred."""
         nodes = merge_affine(copy.deepcopy(traced), output, keep_apart=keep_apart, merged=merged)
         nodes = fold_elementwise_affine(nodes, output)
         if fold_leading:
@@ -107,17 +113,22 @@ def compile_model(
             tight_base=image,
         )
         assign_levels(nodes, params.max_level)
+        notes = []
+        if lazy_rescale and not image:
+            notes = defer_rescales(nodes, output)
+            assign_levels(nodes, params.max_level)
         input_node(nodes)
-        return nodes, params
+        return nodes, params, notes
 
     merged: list[tuple[str, str, float]] = []
-    nodes, params = lower(frozenset(), merged)
+    nodes, params, notes = lower(frozenset(), merged)
     decisions: list[str] = []
     # per-image cost lies in rotations and diagonals, which plan_work does not model
     if merge_by_cost and not image:
-        nodes, params, decisions = _cheapest_merges(
-            lower, nodes, params, merged, batch, input_shape, output
+        nodes, params, notes, decisions = _cheapest_merges(
+            lower, nodes, params, notes, merged, batch, input_shape, output
         )
+    decisions += notes
     warnings: list[str] = []
     for n in nodes:
         if isinstance(n, PolyNode) and n.valid_range and n.input_range:
@@ -154,7 +165,7 @@ MERGE_TRIAL_GROWTH = 1.25
 MERGE_APART_GAIN = 0.9
 
 
-def _cheapest_merges(lower, nodes, params, merged, batch, input_shape, output):
+def _cheapest_merges(lower, nodes, params, notes, merged, batch, input_shape, output):
     """Keep an affine merge apart where that makes the plan cheaper, greedily, merge by merge.
 
     Merging two affine nodes saves a level for every node before them, but the composition
@@ -163,7 +174,7 @@ def _cheapest_merges(lower, nodes, params, merged, batch, input_shape, output):
     first, the plan lowered again, and the choice kept when the estimated work
     (:func:`hecnn.compile.cost.plan_work`, which also sees a larger ring, should the extra level
     need one) falls below :data:`MERGE_APART_GAIN` of the best so far. Returns the nodes, the
-    parameters and a sentence per merge kept apart.
+    parameters, the chosen lowering's notes and a sentence per merge kept apart.
     """
 
     def work(nodes, params) -> float:
@@ -176,18 +187,18 @@ def _cheapest_merges(lower, nodes, params, merged, batch, input_shape, output):
         if growth <= MERGE_TRIAL_GROWTH:
             continue
         try:
-            trial_nodes, trial_params = lower(keep | {prev})
+            trial_nodes, trial_params, trial_notes = lower(keep | {prev})
         except HecnnError:  # e.g. one more level fits no 128-bit ring
             continue
         w = work(trial_nodes, trial_params)
         if w < MERGE_APART_GAIN * best:
             best, keep = w, keep | {prev}
-            nodes, params = trial_nodes, trial_params
+            nodes, params, notes = trial_nodes, trial_params, trial_notes
             decisions.append(
                 f"{prev} → {cons} kept apart (merged: {growth:.1f}× the MACs, one level "
                 f"fewer); estimated work {w / first:.2f}× the all-merged plan's"
             )
-    return nodes, params, decisions
+    return nodes, params, notes, decisions
 
 
 #: ``packing="auto"`` picks per-image packing up to this many images: a batch-packed run costs

@@ -63,10 +63,13 @@ class AffineNode(Node):
     weights: BlockSparseWeights | None = None
     bias: np.ndarray | None = None
     matrix: object = None  # scipy sparse (out × in) while compiling; blocked into ``weights``
+    #: rescales its input still owes (a polynomial before it deferred its last one, see
+    #: :func:`~hecnn.compile.levels.defer_rescales`): done after this node's own
+    owed_rescales: int = 0
 
     @property
     def depth(self) -> int:
-        return 1 if self.rescale else 0
+        return 1 + self.owed_rescales if self.rescale else 0
 
     @property
     def macs(self) -> int:
@@ -87,6 +90,10 @@ class PolyNode(Node):
     valid_range: tuple[float, float] | None = None
     basis: str = "power"
     radius: float = 1.0  # Chebyshev basis: the input interval is [−radius, radius]
+    #: the final rescale is left to the affine consumers (fewer outputs: fewer rescales); the
+    #: output stays one level higher at the product's scale (see
+    #: :func:`~hecnn.compile.levels.defer_rescales`)
+    defer_rescale: bool = False
 
     @property
     def degree(self) -> int:
@@ -104,7 +111,9 @@ class PolyNode(Node):
             return chebyshev_schedule(self.coeffs).depth
         from hecnn.compile.polyeval import schedule
 
-        return schedule(self.coeffs, self.fold_leading).depth if self.rescale else 0
+        if not self.rescale:
+            return 0
+        return schedule(self.coeffs, self.fold_leading).depth - int(self.defer_rescale)
 
     @property
     def products(self) -> int:
@@ -241,7 +250,7 @@ class Plan:
                 macs,
                 f"{relins[nd.name]:,}",
                 f"{nd.components}",
-                f"{nd.level_in}→{nd.level_out}" + ("" if nd.rescale else " (no rescale)"),
+                f"{nd.level_in}→{nd.level_out}" + _rescale_note(nd),
             )
         total_macs = sum(n.macs for n in self.nodes if isinstance(n, AffineNode))
         what = "ciphertext MACs"
@@ -292,6 +301,16 @@ class Plan:
             f"Plan({self.model_name!r}, {len(self.nodes)} nodes, depth {self.levels}, "
             f"N={self.params.n}, batch {self.batch})"
         )
+
+
+def _rescale_note(n: Node) -> str:
+    if not n.rescale:
+        return " (no rescale)"
+    if isinstance(n, PolyNode) and n.defer_rescale:
+        return " (rescale deferred)"
+    if isinstance(n, AffineNode) and n.owed_rescales:
+        return f" ({1 + n.owed_rescales} rescales)"
+    return ""
 
 
 def _poly_relins(n: Node) -> int:

@@ -169,6 +169,124 @@ def _lazy_relinearizers(n: Node, users: dict[str, list[Node]], output: str) -> l
     return out
 
 
+def _can_defer(n: Node, output: str) -> bool:
+    """A polynomial whose last rescale the executor can leave to its consumers: x² + c1·x
+    (leading coefficient folded), a single product and a single rescale."""
+    if not isinstance(n, PolyNode) or n.chebyshev or not n.rescale or n.name == output:
+        return False
+    if not n.fold_leading:
+        return False
+    sch = schedule(n.coeffs, n.fold_leading)
+    return sch.depth == 1 and bool(sch.terms) and max(sch.powers) == 2
+
+
+def _deferral_groups(nodes: list[Node], output: str) -> list[tuple[list[PolyNode], list[Node]]]:
+    """(polynomials, their affine consumers) that could defer their last rescale together:
+    a polynomial read only by rescaling affine nodes, or every input of a concatenation read
+    only by such nodes (a Fire module's expands: both branches must land on one scale)."""
+    users = consumers(nodes)
+    by_name = {n.name: n for n in nodes}
+
+    def affine_only(ns: list[Node]) -> bool:
+        return bool(ns) and all(isinstance(c, AffineNode) and c.rescale for c in ns)
+
+    groups, seen = [], set()
+    for n in nodes:
+        if not _can_defer(n, output):
+            continue
+        direct = users[n.name]
+        if affine_only(direct):
+            groups.append(([n], direct))
+            continue
+        if len(direct) != 1 or not isinstance(direct[0], ConcatNode) or direct[0].name in seen:
+            continue
+        cat = direct[0]
+        seen.add(cat.name)
+        polys = [by_name[i] for i in cat.inputs]
+        single = all(len(users[p.name]) == 1 for p in polys)
+        eligible = all(_can_defer(p, output) for p in polys)
+        if cat.name != output and single and eligible and affine_only(users[cat.name]):
+            groups.append((polys, users[cat.name]))
+    return groups
+
+
+def defer_rescales(nodes: list[Node], output: str) -> list[str]:
+    """Let polynomials leave their last rescale to affine consumers with fewer outputs.
+
+    A rescale costs about one NTT per limb and component (~34 multiply-accumulates' worth,
+    :data:`~hecnn.compile.cost.RESCALE_MACS`) for *every* ciphertext it touches. Rescaling is
+    linear up to its rounding, so W·(x/q) = (W·x)/q: a polynomial's output can stay at its
+    product's scale, one level higher, and the affine node reading it rescales twice after its
+    sums — on its own outputs, 16× fewer where a 3×3 conv on 64 channels is pooled into a
+    16-channel squeeze. The consumer's products then run one limb higher, and its rescales
+    touch one more limb; the group is deferred where the estimate says the trade pays.
+    The depth is unchanged (the polynomial consumes one level less, its consumers one more).
+    Levels must be assigned; call :func:`assign_levels` again afterwards. Returns a sentence
+    per deferred group.
+    """
+    from hecnn.compile.cost import RELIN_MACS, RESCALE_MACS
+
+    comps = {n.name: n.components for n in nodes}
+    out = []
+    for polys, affs in _deferral_groups(nodes, output):
+        gain = sum(p.features * p.components / 2 * RESCALE_MACS * p.level_in for p in polys)
+        cost = 0.0
+        for a in affs:
+            cin = max(comps[a.inputs[0]], 2)
+            c_resc = 2 if a.relin_after else cin
+            cost += a.macs * cin / 2  # the products: one more limb
+            cost += RELIN_MACS * a.features * (a.relin_after and cin > 2)
+            cost += a.features * c_resc / 2 * RESCALE_MACS * (a.level_in + 1)  # the extra rescale
+        if gain <= cost:
+            continue
+        for p in polys:
+            p.defer_rescale = True
+        for a in affs:
+            a.owed_rescales = 1
+        names = ", ".join(p.name for p in polys)
+        readers = ", ".join(a.name for a in affs)
+        out.append(
+            f"{names}: last rescale deferred to {readers} "
+            f"({sum(p.features for p in polys):,} → {sum(a.features for a in affs):,} "
+            f"ciphertexts rescaled; estimated {gain / cost:.0f}× the extra work saved)"
+        )
+    check_deferred_rescales(nodes)
+    return out
+
+
+def check_deferred_rescales(nodes: list[Node]) -> None:
+    """Every deferred polynomial is read only by affine nodes that owe its rescale (directly
+    or through a concatenation of deferred polynomials), and every owed rescale has one."""
+    by_name = {n.name: n for n in nodes}
+    users = consumers(nodes)
+
+    def deferred(n: Node) -> bool:
+        if isinstance(n, PolyNode):
+            return n.defer_rescale
+        if isinstance(n, ConcatNode):
+            flags = {deferred(by_name[i]) for i in n.inputs}
+            if len(flags) > 1:
+                raise ParameterError(f"{n.name}: concatenates deferred and rescaled inputs")
+            return flags.pop()
+        return False
+
+    for n in nodes:
+        if isinstance(n, PolyNode) and n.defer_rescale and not _can_defer(n, ""):
+            raise ParameterError(f"{n.name}: only x² + c·x (lead folded) defers its rescale")
+        if isinstance(n, AffineNode):
+            if n.owed_rescales not in (0, 1):
+                raise ParameterError(f"{n.name}: owes {n.owed_rescales} rescales (0 or 1)")
+            if n.owed_rescales and not (n.rescale and deferred(by_name[n.inputs[0]])):
+                raise ParameterError(f"{n.name}: owes a rescale no producer deferred")
+        if not deferred(n):
+            continue
+        for c in users[n.name]:
+            if not isinstance(c, ConcatNode | AffineNode) or (
+                isinstance(c, AffineNode) and not c.owed_rescales
+            ):
+                raise ParameterError(f"{c.name}: reads {n.name}, whose rescale it does not do")
+
+
 def relinearize_every_product(nodes: list[Node], output: str) -> None:
     """Per-image packing: every multiplying node but the output relinearizes its own output —
     the affine layers after it rotate, and a rotation switches keys on 2 components only."""

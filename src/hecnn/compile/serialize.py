@@ -37,7 +37,8 @@ from hecnn.compile.ir import (
     Plan,
     PolyNode,
 )
-from hecnn.errors import HecnnError, SerializationError
+from hecnn.compile.levels import check_deferred_rescales
+from hecnn.errors import HecnnError, ParameterError, SerializationError
 
 PLAN_DTYPES = frozenset({"<f8", "<i8"})
 MAX_NODES = 4096
@@ -86,6 +87,8 @@ def dumps_plan(plan: Plan) -> bytes:
                 raise SerializationError(f"{n.name}: affine node without blocked weights")
             entry["out_features"], entry["in_features"] = w.out_features, w.in_features
             entry["bias"] = n.bias is not None
+            if n.owed_rescales:
+                entry["owed_rescales"] = int(n.owed_rescales)
             arrays[f"n{i}.dims"] = np.array(
                 [b.weights.shape for b in w.blocks], dtype="<i8"
             ).reshape(-1, 2)
@@ -96,6 +99,8 @@ def dumps_plan(plan: Plan) -> bytes:
                 arrays[f"n{i}.bias"] = np.asarray(n.bias, dtype="<f8")
         elif isinstance(n, PolyNode):
             entry["fold_leading"] = bool(n.fold_leading)
+            if n.defer_rescale:
+                entry["defer_rescale"] = True
             entry["input_range"] = _pair_out(n.input_range)
             entry["valid_range"] = _pair_out(n.valid_range)
             if n.chebyshev:
@@ -301,7 +306,10 @@ def _build(spec: dict, arrs: dict, params) -> Plan:
             if not isinstance(e.get("bias"), bool):
                 raise SerializationError(f"malformed plan: node {name!r} bias flag missing")
             bias = _array(arrs, f"n{i}.bias", "<f8", (out_f,)) if e["bias"] else None
-            node = AffineNode(**common, weights=_weights(i, e, arrs, out_f, in_f), bias=bias)
+            owed = _int(e.get("owed_rescales", 0), 0, 1, f"node {name!r} owed_rescales")
+            node = AffineNode(
+                **common, weights=_weights(i, e, arrs, out_f, in_f), bias=bias, owed_rescales=owed
+            )
         elif op == "poly":
             coeffs = _array(arrs, f"n{i}.coeffs", "<f8")
             if coeffs.ndim != 2 or not 1 <= coeffs.shape[0] <= MAX_DEGREE + 1:
@@ -315,6 +323,9 @@ def _build(spec: dict, arrs: dict, params) -> Plan:
             radius = _positive(e.get("radius", 1.0), f"node {name!r} radius")
             if basis not in ("power", "chebyshev"):
                 raise SerializationError(f"malformed plan: node {name!r} basis {basis!r}")
+            defer = e.get("defer_rescale", False)
+            if not isinstance(defer, bool):
+                raise SerializationError(f"malformed plan: node {name!r} defer_rescale flag")
             node = PolyNode(
                 **common,
                 coeffs=coeffs,
@@ -323,6 +334,7 @@ def _build(spec: dict, arrs: dict, params) -> Plan:
                 valid_range=_pair_in(e.get("valid_range"), "valid_range"),
                 basis=basis,
                 radius=radius,
+                defer_rescale=defer,
             )
         elif op in ("add", "mul"):
             if in_feats != [feats, feats]:
@@ -340,6 +352,10 @@ def _build(spec: dict, arrs: dict, params) -> Plan:
     if output not in by_name:
         raise SerializationError(f"malformed plan: output {output[:40]!r} is not a node")
     _check_levels(nodes, params)
+    try:
+        check_deferred_rescales(nodes)
+    except ParameterError as err:
+        raise SerializationError(f"malformed plan: {err}") from None
     warnings = spec.get("warnings", [])
     if not isinstance(warnings, list) or len(warnings) > MAX_NODES:
         raise SerializationError("malformed plan: warnings must be a list of strings")

@@ -205,12 +205,16 @@ def _two(x: CiphertextBatch, keys: EvaluationKeys) -> CiphertextBatch:
 
 def _weight_scale(n: AffineNode, x: CiphertextBatch) -> float:
     """Δ_w of an affine node on inputs like ``x``: Δ·q_ℓ/scale(x), so that the rescale by q_ℓ
-    lands on Δ; in the rescale-free tail a fixed 2^TAIL_WEIGHT_BITS."""
+    lands on Δ (Δ·q_ℓ·q_{ℓ−1}/scale(x) where the input owes a deferred rescale: x is then at
+    its product's scale, ~Δ², and Δ_w comes out the same); in the rescale-free tail a fixed
+    2^TAIL_WEIGHT_BITS."""
     if not n.rescale:  # rescale-free tail: the product keeps its scale
         return 2.0**TAIL_WEIGHT_BITS
-    if x.level < 1 or x.level <= x.params.min_level:
+    drops = 1 + n.owed_rescales
+    if x.level < drops or x.level - drops < x.params.min_level:
         raise LevelError(f"{n.name}: no level left for an affine layer")
-    return x.params.scale * n.scale_factor * float(x.ctx.primes[x.level]) / x.scale
+    primes = np.prod([float(x.ctx.primes[x.level - k]) for k in range(drops)])
+    return x.params.scale * n.scale_factor * float(primes) / x.scale
 
 
 def _affine(

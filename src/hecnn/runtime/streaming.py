@@ -61,9 +61,20 @@ def relinearize_then_rescale(n: Node, y: CiphertextBatch, keys: EvaluationKeys) 
     before the rescale that noise is divided by the prime with the message's extra scale,
     after it the noise meets the message at scale Δ — or at Δ/r for the input of a
     Chebyshev stage, where 2^-25 slot units let one relinearization cost ~6 bits and sent
-    composite max-pool chains at N = 2^16 out of their intervals."""
+    composite max-pool chains at N = 2^16 out of their intervals. An affine node that owes
+    its input's deferred rescale divides by two primes (see :func:`final_rescales`)."""
     y = _relinearize_as_planned(n, y, keys)
-    return y.rescale() if n.rescale else y
+    for _ in range(final_rescales(n)):
+        y = y.rescale()
+    return y
+
+
+def final_rescales(n: Node) -> int:
+    """Rescales that finish node n's product: none in the rescale-free tail or for a
+    polynomial that defers its last one; an affine node also does those its input owes."""
+    if not n.rescale or (isinstance(n, PolyNode) and n.defer_rescale):
+        return 0
+    return 1 + (n.owed_rescales if isinstance(n, AffineNode) else 0)
 
 
 class _PolyStage:
@@ -196,10 +207,13 @@ class _WindowStage:
         self.ready: list[tuple[int, int]] = []
         self.first: CiphertextBatch | None = None  # a template: level, scale, components
         self.exponent = 0
+        self.buf: np.ndarray | None = None
 
     @property
     def held(self) -> int:
-        return sum(r.nbytes for r in self.rows.values())
+        return sum(r.nbytes for r in self.rows.values()) + (
+            0 if self.buf is None else self.buf.nbytes
+        )
 
     def push(self, idx: np.ndarray, x: CiphertextBatch) -> list[Chunk]:
         if self.first is None:
@@ -227,14 +241,22 @@ class _WindowStage:
             raise ParameterError(f"{self.node.name}: the stream ended before all inputs arrived")
         return self._compute()
 
+    def _gather(self, cols: np.ndarray) -> np.ndarray:
+        """The held rows ``cols`` as one contiguous array, in a buffer reused from piece to
+        piece (a fresh multi-MB array per piece costs its page faults: ~7 % of a run)."""
+        if self.buf is None or len(self.buf) < len(cols):
+            self.buf = np.empty((len(cols), *self.first.data.shape[1:]), dtype=np.int32)
+        data = self.buf[: len(cols)]
+        np.stack([self.rows[c] for c in cols.tolist()], out=data)
+        return data
+
     def _compute(self) -> list[Chunk]:
         out = []
         w, n = self.window, self.node
         for group in row_pieces(self.ready, piece_size(self.chunk)):
             idx, union, weights = w.group(group)
             if len(union):
-                data = np.stack([self.rows[c] for c in union.tolist()])
-                x = CiphertextBatch(self.first.ctx, data, self.first.scale)
+                x = CiphertextBatch(self.first.ctx, self._gather(union), self.first.scale)
             else:  # bias-only rows: a zero-weight column of any input gives 0 exactly
                 x = self.first
                 weights = BlockSparseWeights(
