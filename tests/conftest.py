@@ -35,11 +35,12 @@ class FireAfterBN(nn.Module):
 @pytest.fixture
 def fire_after_bn():
     """``seed`` → a :class:`FireAfterBN` with random polynomials and batch-norm statistics;
-    ``tiny_lead``: one element of the 1×1 expand's polynomial gets c_2 ≈ 0 (as training
-    leaves some), so its leading coefficient cannot fold and, with it, neither can the 3×3
-    expand's (a concatenation's inputs fold all or none)."""
+    ``tiny_lead``: one element of the 1×1 expand's polynomial gets c_2 ≈ 0 (1e-13), so its
+    leading coefficient cannot fold, not even with its input scaled down, and, with it,
+    neither can the 3×3 expand's (a concatenation's inputs fold all or none); ``small_lead``:
+    c_2 = 1e-6 there, which folds once the expand conv scales that output down."""
 
-    def build(seed: int, tiny_lead: bool = False) -> FireAfterBN:
+    def build(seed: int, tiny_lead: bool = False, small_lead: bool = False) -> FireAfterBN:
         torch.manual_seed(seed)
         model = FireAfterBN()
         with torch.no_grad():
@@ -52,8 +53,8 @@ def fire_after_bn():
                     m.running_var.uniform_(0.5, 2)
                     m.weight.data.uniform_(0.5, 1.5)
                     m.bias.data.uniform_(-0.2, 0.2)
-            if tiny_lead:
-                model.a1.a.view(-1)[5] = 1e-9
+            if tiny_lead or small_lead:
+                model.a1.a.view(-1)[5] = 1e-13 if tiny_lead else 1e-6
         return model.eval()
 
     return build

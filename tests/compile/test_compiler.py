@@ -164,6 +164,36 @@ def test_batchnorm_behind_branching_activation_folds_into_the_polynomial(fire_af
     assert sum(relins.values()) == 64 + 32
 
 
+def test_nearly_linear_element_folds_after_its_producer_scales_it_down(fire_after_bn):
+    """An element with c_2 = 1e-6 would make the monic x² + (c_1/c_2)·x far too large: the
+    expand conv scales that one output down by t (x = x'/t) and the polynomial folds, with the
+    3×3 expand beside it. The plan still computes the model; a lead of 1e-13 would need t
+    below FOLD_MIN_PRESCALE and folds nothing."""
+    from hecnn.compile.passes import DEFAULT_INPUT_BOUND, FOLD_MAX_VALUE
+
+    x = torch.randn(8, 2, 4, 4)
+    model = fire_after_bn(4, small_lead=True)
+    plan = _check_sim(model, (2, 4, 4))
+    assert plan.node("a1").fold_leading and plan.node("a3").fold_leading
+    notes = [d for d in plan.decisions if d.startswith("a1: leading coefficient folded after")]
+    assert len(notes) == 1 and "1 of its 48 outputs" in notes[0], plan.decisions
+    plain = compile_model(fire_after_bn(4), (2, 4, 4), batch=8, calib=x)
+    assert plan.levels == plain.levels
+    # element 5: x'² + (c_1/c_2)·t·x' with x' = t·x and t = √(2^20 / (|c_1/c_2|·r + r²)),
+    # the other elements unscaled (t = 1)
+    a1 = plan.node("a1")
+    raw = compile_model(model, (2, 4, 4), batch=8, calib=x, fold_leading=False).node("a1")
+    r = 1.5 * (max(map(abs, a1.input_range)) if a1.input_range else DEFAULT_INPUT_BOUND)
+    ratio = raw.coeffs[1] / raw.coeffs[2]
+    t = np.sqrt(FOLD_MAX_VALUE / (abs(ratio[5]) * r + r**2))
+    assert 0.01 < t < 0.5
+    np.testing.assert_allclose(a1.coeffs[1, 5], ratio[5] * t, rtol=1e-9)
+    np.testing.assert_allclose(np.delete(a1.coeffs[1], 5), np.delete(ratio, 5), rtol=1e-9)
+    np.testing.assert_allclose(a1.coeffs[2], 1.0)
+    tiny = compile_model(fire_after_bn(4, tiny_lead=True), (2, 4, 4), batch=8, calib=x)
+    assert not tiny.node("a1").fold_leading and not tiny.node("a3").fold_leading
+
+
 def test_pool_is_kept_apart_from_the_conv_after_it_where_that_is_cheaper(pool_then_conv):
     """Merged, a 2×2 pool and the 3×3 conv after it are a 6×6 stride-2 conv: a level fewer but
     ~4× the MACs. The compiler lowers the plan both ways and keeps the cheaper one — apart,

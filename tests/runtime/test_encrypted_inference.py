@@ -76,18 +76,18 @@ def test_every_layer_type_encrypted_equals_plaintext():
     assert (got.argmax(1) == ref.argmax(1)).all()
 
 
-@pytest.mark.parametrize("tiny_lead", [False, True])
-def test_batchnorm_after_activation_in_fire_module_encrypted_equals_plaintext(
-    fire_after_bn, tiny_lead
-):
+@pytest.mark.parametrize("lead", ["normal", "small", "tiny"])
+def test_batchnorm_after_activation_in_fire_module_encrypted_equals_plaintext(fire_after_bn, lead):
     """HEMET's conv → activation → BN order in a Fire module: the BNs fold into the
-    polynomials, the leading coefficients through the concatenation, and the concatenated
+    polynomials, the leading coefficients through the concatenation (a small one after the
+    expand conv scaled its input down, a tiny one not at all), and the concatenated
     3-component expands are relinearized after the squeeze — still the plaintext model."""
-    model = fire_after_bn(6, tiny_lead=tiny_lead)
+    model = fire_after_bn(6, tiny_lead=lead == "tiny", small_lead=lead == "small")
     x = torch.randn(16, 2, 4, 4)
     got, ref, plan = _encrypted_vs_plain(model, x)
     assert plan.relinearizations().get("s") == 32
-    assert [plan.node(n).fold_leading for n in ("a1", "a3")] == [not tiny_lead] * 2
+    assert [plan.node(n).fold_leading for n in ("a1", "a3")] == [lead != "tiny"] * 2
+    assert any("scaled 1 of its 48" in d for d in plan.decisions) == (lead == "small")
     assert np.abs(got - ref).max() < 1e-2 * max(1.0, np.abs(ref).max())
     assert (got.argmax(1) == ref.argmax(1)).all()
 

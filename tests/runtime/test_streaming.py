@@ -190,6 +190,7 @@ def test_run_report_and_a_budget_that_cannot_be_met():
     assert [t.name for t in report.timings] == [n.name for n in plan.nodes]
     assert all(t.seconds >= 0 for t in report.timings) and report.total > 0
     assert report.peak_rss > 0 and report.peak_held >= ct.data.nbytes
+    assert 0 < report.rss_at_start <= report.peak_rss
     _check_plaintext(ctx, sk, out, ref)
     seen = []
     run(plan, ct, evk, chunk=40, progress=lambda name, i, total: seen.append(name))

@@ -89,6 +89,7 @@ class ModelRow:
     server_s: float = 0.0  # the run (measured; the projection when stopped)
     peak_rss: int = 0
     peak_held: int = 0  # ciphertext arrays the executor held at once (its own count)
+    rss_at_start: int = 0  # resident when the run began (keys, plan, libraries, client leftovers)
     estimate: int = 0  # streamed memory estimate of ciphertext data
     cpu_s: float = 0.0  # process CPU seconds during the run (÷ server_s: cores kept busy)
     chunks: str = ""
@@ -272,6 +273,7 @@ def bench_row(
             row.server_s = elapsed / frac
             row.cpu_s = (time.process_time() - cpu0) / frac
             row.peak_rss, row.peak_held = report.peak_rss, report.peak_held
+            row.rss_at_start = report.rss_at_start
             row.note = (
                 f"stopped after {elapsed:.0f} s at {state['at']} ({100 * frac:.1f} % of the "
                 f"estimated work): server time {row.server_s:.0f} s projected"
@@ -281,6 +283,7 @@ def bench_row(
         row.server_s = time.perf_counter() - started
         row.cpu_s = time.process_time() - cpu0
         row.peak_rss, row.peak_held = report.peak_rss, report.peak_held
+        row.rss_at_start = report.rss_at_start
         del ct
     t0 = time.perf_counter()
     logits = decrypt_outputs(ctx, sk, out, row.batch)
@@ -294,7 +297,8 @@ def bench_row(
     log(
         f"{name}: server {row.server_s:.1f} s ({row.ms_per_image:.3f} ms/image), agreement "
         f"{row.agreement:.2f} %, max logit error {row.max_error:.2e}, peak RSS "
-        f"{row.peak_rss / 2**30:.2f} GiB"
+        f"{row.peak_rss / 2**30:.2f} GiB ({row.rss_at_start / 2**30:.2f} GiB resident when the "
+        "run began)"
     )
     return row
 

@@ -96,8 +96,9 @@ def compile_model(
         say which rescales were deferred."""
         nodes = merge_affine(copy.deepcopy(traced), output, keep_apart=keep_apart, merged=merged)
         nodes = fold_elementwise_affine(nodes, output)
+        notes: list[str] = []
         if fold_leading:
-            nodes = fold_leading_coefficients(nodes, output)
+            nodes = fold_leading_coefficients(nodes, output, notes)
         plan_relinearization(nodes, output, tail=relin_free_tail)
         if image:
             relinearize_every_product(nodes, output)
@@ -113,9 +114,8 @@ def compile_model(
             tight_base=image,
         )
         assign_levels(nodes, params.max_level)
-        notes = []
         if lazy_rescale and not image:
-            notes = defer_rescales(nodes, output)
+            notes += defer_rescales(nodes, output)
             assign_levels(nodes, params.max_level)
         input_node(nodes)
         return nodes, params, notes

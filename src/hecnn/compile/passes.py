@@ -7,7 +7,8 @@
   reach it) is part of the polynomial: d·p(x) + b, saving its level;
 - :func:`fold_leading_coefficients` — p = c_d·(x^d + Σ (c_i/c_d) x^i): evaluate the monic part
   and scale the columns of the next affine nodes by c_d (through a concatenation too), saving
-  the scalar's level;
+  the scalar's level; where the monic part would grow too large, the producer's rows are
+  scaled down first (x = x'/t);
 - :func:`block_weights` — turn each sparse matrix into dense blocks of rows that share their
   column set (one block per output position of a convolution).
 """
@@ -27,6 +28,9 @@ from hecnn.compile.ir import AffineNode, ConcatNode, Node, PolyNode
 #: so absolute errors are unchanged); it only grows the values, which must fit the modulus at
 #: the polynomial's level (≥ 2^60 above the scale) with a wide margin.
 FOLD_MAX_VALUE = 2.0**20
+#: smallest input pre-scale t of a folded polynomial (see :func:`fold_leading_coefficients`):
+#: the producer's noise reaches the output amplified by up to 1/t
+FOLD_MIN_PRESCALE = 2.0**-8
 #: input bound assumed when an activation recorded no range
 DEFAULT_INPUT_BOUND = 8.0
 
@@ -152,45 +156,86 @@ def _column_targets(
     return targets or None
 
 
-def _monic_fits(n: PolyNode) -> bool:
-    """Whether x^d + … + (c_1/c_d)·x stays below :data:`FOLD_MAX_VALUE` on the input range."""
+def _monic_bounds(n: PolyNode) -> np.ndarray:
+    """Per feature, a bound on |x^d + … + (c_1/c_d)·x| over the recorded input range (with a
+    margin); inf where c_d = 0."""
     lead = n.coeffs[-1]
-    if np.any(lead == 0):
-        return False
     r = max(map(abs, n.input_range)) if n.input_range else DEFAULT_INPUT_BOUND
     r = 1.5 * max(r, 1.0)
-    monic = n.coeffs[1:] / lead
-    bound = np.sum(np.abs(monic) * r ** np.arange(1, n.degree + 1)[:, None], 0)
-    return bool(np.all(np.isfinite(bound)) and np.max(bound) <= FOLD_MAX_VALUE)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        monic = n.coeffs[1:] / lead
+        bound = np.sum(np.abs(monic) * r ** np.arange(1, n.degree + 1)[:, None], 0)
+    return np.where(np.isfinite(bound), bound, np.inf)
 
 
-def fold_leading_coefficients(nodes: list[Node], output: str) -> list[Node]:
+def _prescale(n: PolyNode, by_name: dict[str, Node], users: dict[str, list[Node]], output: str):
+    """Per-feature input scales t ≤ 1 that keep n's monic part below :data:`FOLD_MAX_VALUE`,
+    or None when it cannot be folded.
+
+    With x = x'/t, p(x) = c_d·t^-d·(x'^d + Σ_i (c_i/c_d)·t^(d−i)·x'^i): the monic part's bound
+    on the range of x' = t·x is t^d times the bound for x, so t = (FOLD_MAX_VALUE/bound)^(1/d)
+    where the bound is too large. x' costs nothing when n's producer is an affine node read by
+    n alone: its rows and bias are scaled by t. The price is precision: the producer's noise
+    reaches the output amplified by 1/t, so t stays ≥ :data:`FOLD_MIN_PRESCALE`, and only
+    quadratics are pre-scaled (a degree-7 sigmoid fit pre-scaled so folds with consumer weights
+    of ~1e-9, which the fixed-point model of :func:`hecnn.check.simulate_ckks` rounds away).
+    """
+    bound = _monic_bounds(n)
+    if np.all(bound <= FOLD_MAX_VALUE):
+        return np.ones(n.features)
+    t = np.minimum(1.0, (FOLD_MAX_VALUE / bound) ** (1.0 / n.degree))
+    prod = by_name.get(n.inputs[0])
+    if (
+        n.degree != 2
+        or not np.all(t >= FOLD_MIN_PRESCALE)
+        or not isinstance(prod, AffineNode)
+        or prod.matrix is None
+        or prod.name == output
+        or [u.name for u in users[prod.name]] != [n.name]
+    ):
+        return None
+    return t
+
+
+def fold_leading_coefficients(
+    nodes: list[Node], output: str, notes: list[str] | None = None
+) -> list[Node]:
     """Fold c_d of a polynomial into its consumers when they are all affine (directly or behind
     a concatenation): each scales the columns that read the polynomial by c_d, and takes its
     constant c_0 into its bias — p = c_d·(x^d + … + (c_1/c_d)·x) + c_0, so the monic part stays
     small even where c_0/c_d would not (a batch-norm's shift folded into a small c_d).
 
+    Where the monic part would still exceed :data:`FOLD_MAX_VALUE` (a nearly linear element:
+    tiny c_d), the polynomial's input is scaled down by its producer (see :func:`_prescale`);
+    ``notes`` receives a line per polynomial folded so.
+
     The inputs of a concatenation fold all or none: a folded polynomial's output lands at
     scale(x)²/q, an unfolded one at Δ, and a concatenation needs one scale."""
     users = consumers(nodes)
     by_name = {n.name: n for n in nodes}
-    foldable = {
-        n.name: targets
-        for n in nodes
-        if isinstance(n, PolyNode)
-        and n.name != output
-        and n.degree >= 2
-        and not n.chebyshev
-        and _monic_fits(n)
-        and (targets := _column_targets(n, users, by_name, output)) is not None
-    }
+    foldable = {}
+    for n in nodes:
+        if (
+            not isinstance(n, PolyNode)
+            or n.name == output
+            or n.degree < 2
+            or n.chebyshev
+            or np.any(n.coeffs[-1] == 0)
+        ):
+            continue
+        t = _prescale(n, by_name, users, output)
+        targets = _column_targets(n, users, by_name, output)
+        if t is not None and targets is not None:
+            foldable[n.name] = (targets, t)
     for c in nodes:
         if isinstance(c, ConcatNode) and not all(i in foldable for i in c.inputs):
             for i in c.inputs:
                 foldable.pop(i, None)
-    for name, targets in foldable.items():
+    for name, (targets, t) in foldable.items():
         n = by_name[name]
-        lead, constant = n.coeffs[-1], n.coeffs[0]
+        d = n.degree
+        lead = n.coeffs[-1] * t**-d  # c_d·t^-d: the factor the consumers take
+        constant = n.coeffs[0]
         for c, offset in targets:
             cols = c.matrix[:, offset : offset + n.features]
             bias = np.zeros(c.matrix.shape[0]) if c.bias is None else c.bias
@@ -198,8 +243,22 @@ def fold_leading_coefficients(nodes: list[Node], output: str) -> list[Node]:
             scale = np.ones(c.matrix.shape[1])
             scale[offset : offset + n.features] = lead
             c.matrix = (c.matrix @ sp.diags(scale)).tocsr()
-        n.coeffs = np.vstack([np.zeros((1, n.features)), n.coeffs[1:] / lead])
+        powers = np.arange(1, d + 1)[:, None]
+        monic = n.coeffs[1:] / n.coeffs[-1] * t[None, :] ** (d - powers)
+        n.coeffs = np.vstack([np.zeros((1, n.features)), monic])
         n.fold_leading = True
+        if np.any(t < 1):
+            prod = by_name[n.inputs[0]]
+            prod.matrix = (sp.diags(t) @ prod.matrix).tocsr()
+            if prod.bias is not None:
+                prod.bias = prod.bias * t
+            if notes is not None:
+                notes.append(
+                    f"{name}: leading coefficient folded after {prod.name} scaled "
+                    f"{int(np.sum(t < 1)):,} of its {n.features:,} outputs down (to ×"
+                    f"{float(t.min()):.3g}) to keep the monic polynomial below "
+                    f"2^{np.log2(FOLD_MAX_VALUE):.0f}"
+                )
     return nodes
 
 

@@ -28,7 +28,7 @@ can choose the largest chunk that fits a memory budget.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -476,22 +476,22 @@ def simulate_segment(
     done_rows: list[list[tuple[int, int]]] = [[] for _ in nodes]  # completed (block, rows)
     started: list[set[int]] = [set() for _ in nodes]
     peak = 0
+    inflight = 0  # pieces produced and not yet taken in by every consumer
 
     def note(extra: int) -> None:
         nonlocal peak
-        peak = max(peak, sum(held) + extra)
+        peak = max(peak, sum(held) + inflight + extra)
 
-    def flush(k: int) -> list[np.ndarray]:
-        g, out = gathers[k], []
-        for group in row_pieces(done_rows[k], piece_size(chunk)):
+    def flush(k: int) -> Iterator[np.ndarray]:
+        g = gathers[k]
+        done, done_rows[k] = done_rows[k], []
+        for group in row_pieces(done, piece_size(chunk)):
             idx = np.concatenate([g.blocks[b].out_idx[lo:hi] for b, lo, hi in group])
             note(working_bytes(plan, nodes[k], len(idx)))
             held[k] -= len(idx) * acc_bytes[k]
-            out.append(idx)
-        done_rows[k] = []
-        return out
+            yield idx
 
-    def deliver(k: int) -> list[np.ndarray]:
+    def deliver(k: int) -> Iterator[np.ndarray]:
         g = gathers[k]
         idx = np.concatenate(inbuf[k])
         inbuf[k] = []
@@ -504,46 +504,50 @@ def simulate_segment(
         held[k] -= len(idx) * in_ct[k]  # and released
         done_rows[k] += [(b, len(g.blocks[b].out_idx)) for b in done]
         if sum(rows for _, rows in done_rows[k]) >= piece_size(chunk):
-            return flush(k)
-        return []
+            yield from flush(k)
 
-    def compute(k: int) -> list[np.ndarray]:
+    def compute(k: int) -> Iterator[np.ndarray]:
         """A window node computes its completed blocks a piece of rows at a time, then
         releases the inputs no pending block reads."""
-        w, out = windows[k], []
-        for group in row_pieces(done_rows[k], piece_size(chunk)):
+        w = windows[k]
+        ready, done_rows[k] = done_rows[k], []
+        for group in row_pieces(ready, piece_size(chunk)):
             idx, union, _ = w.group(group)
             note(len(union) * in_ct[k] + working_bytes(plan, nodes[k], len(idx)))
             whole = [b for b, _lo, hi in group if hi == len(w.blocks[b].out_idx)]
             held[k] -= len(w.computed(whole)) * in_ct[k]
-            out.append(idx)
-        done_rows[k] = []
-        return out
+            yield idx
 
-    def push(k: int, items: list[np.ndarray]) -> None:
-        """Node k produced ``items``: each consumer in the segment takes them in."""
-        for k2, offset in succ[k]:
-            out = []
-            for idx in items:
-                if isinstance(nodes[k2], ConcatNode):  # renumbered, nothing computed
-                    out.append(idx + offset)
-                elif windows[k2] is not None:
-                    w = windows[k2]
-                    done, unused = w.deliver(idx)
-                    held[k2] += (len(idx) - len(unused)) * in_ct[k2]
-                    done_rows[k2] += [(b, len(w.blocks[b].out_idx)) for b in done]
-                    if sum(rows for _, rows in done_rows[k2]) >= piece_size(chunk):
-                        out += compute(k2)
-                elif gathers[k2] is None:  # elementwise: the same features go on
-                    note(len(idx) * in_ct[k2] + working_bytes(plan, nodes[k2], len(idx)))
-                    out.append(idx)
-                else:
-                    inbuf[k2].append(idx)
-                    held[k2] += len(idx) * in_ct[k2]
-                    if sum(map(len, inbuf[k2])) >= chunk:
-                        out += deliver(k2)
-            if out:
-                push(k2, out)
+    def take(k: int, idx: np.ndarray) -> Iterator[np.ndarray]:
+        """Node k takes in the piece ``idx`` (its input's features); yields what it produces."""
+        if isinstance(nodes[k], ConcatNode):  # renumbered, nothing computed
+            yield idx
+        elif windows[k] is not None:
+            w = windows[k]
+            done, unused = w.deliver(idx)
+            held[k] += (len(idx) - len(unused)) * in_ct[k]
+            done_rows[k] += [(b, len(w.blocks[b].out_idx)) for b in done]
+            if sum(rows for _, rows in done_rows[k]) >= piece_size(chunk):
+                yield from compute(k)
+        elif gathers[k] is None:  # elementwise: the same features go on
+            note(len(idx) * in_ct[k] + working_bytes(plan, nodes[k], len(idx)))
+            yield idx
+        else:
+            inbuf[k].append(idx)
+            held[k] += len(idx) * in_ct[k]
+            if sum(map(len, inbuf[k])) >= chunk:
+                yield from deliver(k)
+
+    def push(k: int, items: Iterable[np.ndarray]) -> None:
+        """Node k produces ``items`` one piece at a time, as the runtime's generators do: each
+        goes to every consumer in the segment, and stays in flight until they have taken it."""
+        nonlocal inflight
+        for idx in items:
+            size = len(idx) * out_ct[k]
+            inflight += size
+            for k2, offset in succ[k]:
+                push(k2, take(k2, idx + offset))
+            inflight -= size
 
     pieces = list(head_chunks(nodes[0], piece_size(chunk)))
     resident = np.zeros(len(pieces) + 1, dtype=np.int64)
@@ -570,8 +574,9 @@ def simulate_segment(
             push(k, compute(k))
         if gathers[k] is None:
             continue
-        items = deliver(k) if inbuf[k] else []
-        push(k, items + flush(k))
+        if inbuf[k]:
+            push(k, deliver(k))
+        push(k, flush(k))
     return count, peak
 
 

@@ -33,7 +33,13 @@ from hecnn.compile.streaming import (
 )
 from hecnn.errors import LevelError, ParameterError, ShapeError
 from hecnn.runtime.chebyshev import add_coeff, evaluate_chebyshev, mul_coeff
-from hecnn.runtime.memory import file_mapping, peak_rss, release_rows, reset_peak_rss
+from hecnn.runtime.memory import (
+    current_rss,
+    file_mapping,
+    peak_rss,
+    release_rows,
+    reset_peak_rss,
+)
 from hecnn.runtime.streaming import relinearize_then_rescale, run_segment
 
 #: features evaluated together in a polynomial node (bounds the 3-component temporaries; the
@@ -56,13 +62,16 @@ class RunReport:
     it at its start where Linux allows, else it is the process's lifetime peak:
     ``rss_since_start`` says which); ``peak_held`` the most bytes of ciphertext arrays the
     executor held at once (live values, accumulators, the assembled output) at the points it
-    checked — transient temporaries come on top.
+    checked — transient temporaries come on top; ``rss_at_start`` the resident set when the
+    run began (the process's keys, plan and libraries, and whatever it held before: the part
+    of ``peak_rss`` that is not the run's own).
     """
 
     timings: list[NodeTiming] = field(default_factory=list)
     schedule: StreamingSchedule | None = None
     peak_rss: int = 0
     rss_since_start: bool = False
+    rss_at_start: int = 0
     peak_held: int = 0
 
     @property
@@ -119,6 +128,7 @@ def run(
     if report is not None:
         report.schedule = schedule
         report.rss_since_start = reset_peak_rss()
+        report.rss_at_start = current_rss()
     vals: dict[str, CiphertextBatch] = {}
     remaining = {n.name: sum(n.name in m.inputs for m in plan.nodes) for n in plan.nodes}
     seconds: dict[str, float] = {}

@@ -28,6 +28,18 @@ def reset_peak_rss() -> bool:
         return False
 
 
+def current_rss() -> int:
+    """Resident set size now in bytes (0 where ``/proc`` is not available)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 0
+
+
 def peak_rss() -> int:
     """Peak resident set size in bytes (since the last reset, or since the process started)."""
     try:
