@@ -332,6 +332,78 @@ def test_one_pass_square_equals_the_general_product(ctx, keys, rng):
     assert np.array_equal(low.square().data, low.mul(low).data)
 
 
+def test_one_pass_quadratic_equals_square_plus_scalar_product(ctx, keys, rng):
+    """x² + c·x in one pass gives the residues of square() + mul_scalar(c, scale=x.scale)
+    exactly (per-ciphertext c, negative and zero too), and decrypts to x² + c·x."""
+    sk, pk, evk = keys
+    x = _x(rng, ctx=ctx)
+    c = encrypt(ctx, x, pk)
+    v = rng.uniform(-3, 3, len(x))
+    v[0] = 0.0
+    fused = c.square_plus_scaled(v)
+    assert np.array_equal(fused.data, (c.square() + c.mul_scalar(v, scale=c.scale)).data)
+    assert fused.scale == c.scale**2 and fused.components == 3
+    # relinearized first: a rescaled 3-component product carries ~1e-2 of s²-weighted rounding
+    # at this test ring's 2^26 scale, the relinearized one ~3e-4
+    got = decrypt(ctx, fused.relinearize(evk).rescale(), sk)
+    assert np.abs(got - (x * x + v[:, None] * x)).max() < 2e-3
+
+
+def test_rescale_twice_is_one_rounding_of_two_rescales(ctx, keys, rng):
+    """Dividing by q_ℓ·q_{ℓ−1} at once rounds once: in coefficient form it is within 1 of two
+    rescales in a row, at the same level and scale, for 2 and 3 components; it decrypts to the
+    message; and it refuses to eat the base primes."""
+    sk, pk, _ = keys
+    x = _x(rng, ctx=ctx)
+    c = encrypt(ctx, x, pk)
+    prod = c.square_plus_scaled(np.zeros(len(x)))  # 3 components at scale Δ²
+    two_primes = float(ctx.primes[c.level]) * float(ctx.primes[c.level - 1])
+    lifted = c.mul_scalar(np.full(len(x), 0.5), scale=two_primes)  # lands on Δ after both
+    for y in (lifted, prod):
+        once, twice = y.rescale_twice(), y.rescale().rescale()
+        assert once.level == twice.level == y.level - 2
+        assert once.scale == pytest.approx(twice.scale, rel=1e-12)
+        idx = ctx.data_idx(once.level)
+        a = ctx.intt(once.data.copy(), idx).astype(np.int64)
+        b = ctx.intt(twice.data.copy(), idx).astype(np.int64)
+        q = ctx.primes[idx].astype(np.int64)[:, None]
+        d = (a - b) % q
+        d = np.where(d > q // 2, d - q, d)
+        assert np.abs(d).max() <= 1
+    once = lifted.rescale_twice()
+    assert once.scale == pytest.approx(c.scale, rel=1e-12)
+    assert np.abs(decrypt(ctx, once, sk) - 0.5 * x).max() < 1e-3
+    low = c.drop_to(ctx.params.min_level + 1)
+    with pytest.raises(LevelError):
+        low.rescale_twice()
+
+
+def test_two_prime_lift_matches_big_integers(ctx, rng):
+    """The kernel behind rescale_twice: the centered CRT lift of two residues, reduced into
+    every other prime, equals Python's big-integer arithmetic — at the ends of the range too."""
+    from hecnn.ckks import kernels
+
+    primes = ctx.primes.astype(np.int64)
+    q_lo, q_hi, n = int(primes[2]), int(primes[3]), 512
+    big = q_lo * q_hi
+    vals = [int(v) for v in rng.integers(0, big, size=2 * n)]
+    vals[:6] = [0, 1, big - 1, big // 2, big // 2 + 1, big - 2]
+    top = np.array(
+        [[[v % q_lo for v in row], [v % q_hi for v in row]] for row in (vals[:n], vals[n:])]
+    )
+    out = np.empty((2, 2, n), dtype=np.int32)
+    low = np.array([0, 1])
+    inv = np.int64(pow(q_lo, -1, q_hi))
+    kernels.rescale_lift2(
+        top.astype(np.int32), np.int64(q_lo), np.int64(q_hi), inv, low, primes, out
+    )
+    want = [
+        [[(v - big if v > big // 2 else v) % int(primes[i]) for v in row] for i in low]
+        for row in (vals[:n], vals[n:])
+    ]
+    assert np.array_equal(out, np.array(want))
+
+
 def test_kernel_warmup_compiles_what_the_executor_uses(ctx, keys):
     """``compile_kernels`` leaves compiled signatures behind for the kernels of affine layers,
     squares, uneven sums, constants, rescales and relinearization."""
@@ -342,6 +414,8 @@ def test_kernel_warmup_compiles_what_the_executor_uses(ctx, keys):
     compile_kernels(ctx, pk, sk, evk)
     for k in (
         kernels.square2_mod,
+        kernels.square2_linear_mod,
+        kernels.rescale_lift2,
         kernels.add_mod_rows,
         kernels.add_scalar_mod,
         kernels.reduce_digit_products,

@@ -298,6 +298,27 @@ class CiphertextBatch:
             out[:, k] = acc
         return self._like(out, self.scale * self.scale)
 
+    def square_plus_scaled(self, values: float | np.ndarray) -> CiphertextBatch:
+        """x² + v·x with v (one per ciphertext) encoded at x's scale, so both terms share the
+        scale x.scale² and one rescale serves the sum (a batch-packed x² + c·x).
+
+        Equal to ``self.square() + self.mul_scalar(values, scale=self.scale)`` bit for bit; a
+        2-component batch is done in one pass over memory."""
+        v = np.broadcast_to(np.asarray(values, dtype=np.float64), (len(self),))
+        fused = type(self) is CiphertextBatch and self.components == 2  # numpy arrays only
+        if not fused or not self.data.flags.c_contiguous:
+            return self.square() + self.mul_scalar(v, scale=self.scale)
+        enc = np.round(v * self.scale)
+        w = np.ascontiguousarray(self.ctx.reduce_int(enc[:, None], self.idx)[:, :, 0])
+        out = np.empty((len(self), 3, *self.data.shape[2:]), dtype=np.int32)
+        limb_primes = np.ascontiguousarray(self.ctx.primes[self.idx], dtype=np.int64)
+        self.ctx.parallel(
+            len(self),
+            lambda lo, hi: kernels.square2_linear_mod(self.data, w, out, lo, hi, limb_primes),
+            work=out.size,
+        )
+        return self._like(out, self.scale * self.scale)
+
     def _relin_key(self, keys: EvaluationKeys | SwitchingKey) -> SwitchingKey:
         """The s² → s key, after checking this batch has the 3 components it can switch
         (shared by every array backend)."""
@@ -413,6 +434,55 @@ class CiphertextBatch:
         ctx.parallel(rows.shape[0], combine, work=out.size)
         shape = (*self.data.shape[:2], lvl, ctx.n)
         return self._like(out.reshape(shape), self.scale / q_last)
+
+    def rescale_twice(self) -> CiphertextBatch:
+        """Divide by the last two primes with one rounding: c' = (c − [c]_Q)·Q^{-1} mod q_i,
+        Q = q_ℓ·q_{ℓ−1}, [c]_Q centered, from the CRT of the two dropped limbs.
+
+        What an affine layer that owes its input's deferred rescale does: one inverse NTT of two
+        limbs and one forward NTT of the ℓ−1 kept limbs, where two rescales in a row transform
+        the ℓ limbs and then the ℓ−1 limbs. The result differs from ``rescale().rescale()`` by
+        at most 1 per coefficient (one rounding instead of two)."""
+        if type(self) is not CiphertextBatch:  # another array backend: two rescales
+            return self.rescale().rescale()
+        lvl = self.level
+        if lvl - 2 < self.params.min_level:
+            raise LevelError(
+                f"cannot rescale twice at level {lvl}: the modulus chain is exhausted (the base "
+                f"primes q_0..q_{self.params.min_level} hold the result); use more levels"
+            )
+        ctx = self.ctx
+        q_hi, q_lo = int(ctx.primes[lvl]), int(ctx.primes[lvl - 1])
+        low_idx = ctx.data_idx(lvl - 2)
+        rows = self.data.reshape(-1, lvl + 1, ctx.n)
+        top = np.ascontiguousarray(rows[:, lvl - 1 :])  # (B·C, 2, N)
+        ctx.intt(top, np.array([lvl - 1, lvl]))
+        lifted = np.empty((rows.shape[0], lvl - 1, ctx.n), dtype=np.int32)
+        out = np.empty_like(lifted)
+        big = q_hi * q_lo
+        inv = np.array([pow(big, -1, int(ctx.primes[i])) for i in low_idx], dtype=np.int64)
+        q_lo_inv = np.int64(pow(q_lo, -1, q_hi))
+
+        def lift(lo: int, hi: int) -> None:
+            kernels.rescale_lift2(
+                top[lo:hi],
+                np.int64(q_lo),
+                np.int64(q_hi),
+                q_lo_inv,
+                low_idx,
+                ctx.primes,
+                lifted[lo:hi],
+            )
+
+        ctx.parallel(rows.shape[0], lift, work=lifted.size)
+        ctx.ntt(lifted, low_idx)
+
+        def combine(lo: int, hi: int) -> None:
+            kernels.sub_mul_scalar(rows[lo:hi], lifted[lo:hi], inv, low_idx, ctx.primes, out[lo:hi])
+
+        ctx.parallel(rows.shape[0], combine, work=out.size)
+        shape = (*self.data.shape[:2], lvl - 1, ctx.n)
+        return self._like(out.reshape(shape), self.scale / q_hi / q_lo)
 
     def drop_to(self, level: int) -> CiphertextBatch:
         """Drop limbs above ``level`` (modulus switching without division; scale unchanged)."""

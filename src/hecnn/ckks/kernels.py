@@ -228,6 +228,27 @@ def square2_mod(a, out, lo, hi, limb_primes):
 
 
 @nb.njit(nogil=True, cache=True)
+def square2_linear_mod(a, w, out, lo, hi, limb_primes):
+    """(c0, c1)² + w·(c0, c1, 0) = (c0² + w·c0, 2·c0·c1 + w·c1, c1²) for ciphertexts lo..hi in
+    one pass: x² + c·x of a batch-packed quadratic, with w (B, L) the residues of c's encoding
+    per ciphertext and limb. One read of x and one write, where square, scalar product and sum
+    took four passes over memory."""
+    limbs, n = a.shape[2], a.shape[3]
+    for i in range(lo, hi):
+        for li in range(limbs):
+            q = np.int64(limb_primes[li])
+            qinv = 1.0 / np.float64(q)
+            c = np.int64(w[i, li])
+            for j in range(n):
+                x0 = a[i, 0, li, j]
+                x1 = a[i, 1, li, j]
+                out[i, 0, li, j] = _addmod(_mulmod(x0, x0, q, qinv), _mulmod(x0, c, q, qinv), q)
+                t = _mulmod(x0, x1, q, qinv)
+                out[i, 1, li, j] = _addmod(_addmod(t, t, q), _mulmod(x1, c, q, qinv), q)
+                out[i, 2, li, j] = _mulmod(x1, x1, q, qinv)
+
+
+@nb.njit(nogil=True, cache=True)
 def mul_add_mod(a, b, acc, mod_idx, primes):
     """acc = acc + a·b mod q row-wise."""
     rows, n = a.shape
@@ -477,6 +498,36 @@ def rescale_lift(last, q_last, mod_idx, primes, out):
                 v = v + (q & (v >> 63))
                 v = v - q
                 out[r, i, j] = v + (q & (v >> 63))
+
+
+@nb.njit(nogil=True, cache=True)
+def rescale_lift2(top, q_lo, q_hi, q_lo_inv, mod_idx, primes, out):
+    """out[r, i] = [centered(v)]_{q_i} where v ∈ [0, q_lo·q_hi) is the CRT lift of the two
+    dropped limbs top[r] = (v mod q_lo, v mod q_hi) (Garner: v = a + q_lo·((b − a)·q_lo⁻¹ mod
+    q_hi)), centered to (−Q/2, Q/2], Q = q_lo·q_hi < 2^62: a rescale by two primes at once."""
+    rows, n = top.shape[0], top.shape[2]
+    big = q_lo * q_hi
+    half = big >> 1
+    hinv = 1.0 / np.float64(q_hi)
+    v = np.empty(n, dtype=np.int64)
+    for r in range(rows):
+        for j in range(n):
+            a = np.int64(top[r, 0, j])
+            d = np.int64(top[r, 1, j]) - a  # in (−2^31, 2^31): one float-quotient reduction
+            d = d - np.int64(np.float64(d) * hinv) * q_hi
+            d = d + (q_hi & (d >> 63))
+            t = _mulmod(d, q_lo_inv, q_hi, hinv)
+            w = a + q_lo * t
+            v[j] = w - big if w > half else w
+        for i in range(mod_idx.shape[0]):
+            q = np.int64(primes[mod_idx[i]])
+            qinv = 1.0 / np.float64(q)
+            for j in range(n):  # |v| < 2^61: the float quotient is off by at most one
+                x = v[j] - np.int64(np.float64(v[j]) * qinv) * q  # in (−2q, 2q)
+                x = x + (q & (x >> 63))
+                x = x + (q & (x >> 63))
+                x = x - q
+                out[r, i, j] = x + (q & (x >> 63))
 
 
 @nb.njit(nogil=True, cache=True)

@@ -31,6 +31,9 @@ def compile_kernels(
     w = BlockSparseWeights(2, 2, (blk,))
     y = x.linear_combination(w, bias=np.array([0.1, 0.2])).rescale()  # 2 components
     sq = y.square()
+    y.square_plus_scaled(np.array([0.5, -0.25]))  # a folded quadratic's one pass
+    if x.level - 2 >= ctx.params.min_level:  # an affine layer owing a deferred rescale
+        x.mul_scalar(0.5).rescale_twice()
     z = (sq + y.mul_scalar(1.0, scale=y.scale)).add_const(0.5)  # uneven sum, 3 components
     z3 = z.linear_combination(w, bias=np.array([0.1, 0.2])).rescale()  # affine on 3
     decrypt(ctx, z3, sk)

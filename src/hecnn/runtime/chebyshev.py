@@ -34,7 +34,10 @@ def mul_coeff(x: CiphertextBatch, coeff, scale: float) -> CiphertextBatch:
 
 
 def add_coeff(x: CiphertextBatch, coeff) -> CiphertextBatch:
-    """x + coeff, per ciphertext or per slot like :func:`mul_coeff`."""
+    """x + coeff, per ciphertext or per slot like :func:`mul_coeff`; x itself when coeff is
+    all zeros (a folded polynomial's constant went to its consumers' bias)."""
+    if not np.any(coeff):
+        return x
     return x.add_plain(coeff) if np.ndim(coeff) == 2 else x.add_const(coeff)
 
 

@@ -359,9 +359,13 @@ def _poly_chunk(
     if n.fold_leading and sch.depth == 1 and max(sch.powers) == 2:
         # x² + c1·x: the linear term is encoded at x's scale so it matches x² before the
         # rescale — one rescale for the sum instead of one per term
-        acc = x.square()
-        for t in sch.terms[1:]:
-            acc = acc + mul_coeff(x, coeffs[t.power], x.scale)
+        lin = [t for t in sch.terms[1:] if t.power == 1]
+        if len(lin) == len(sch.terms) - 1 and np.ndim(coeffs) == 2 and lin:  # batch packing
+            acc = x.square_plus_scaled(coeffs[1])  # one pass
+        else:
+            acc = x.square()
+            for t in sch.terms[1:]:
+                acc = acc + mul_coeff(x, coeffs[t.power], x.scale)
         return add_coeff(relinearize_then_rescale(n, acc, keys), coeffs[0])
     powers: dict[int, CiphertextBatch] = {1: x}
     for k in sch.powers:

@@ -68,7 +68,10 @@ def relinearize_then_rescale(n: Node, y: CiphertextBatch, keys: EvaluationKeys) 
     composite max-pool chains at N = 2^16 out of their intervals. An affine node that owes
     its input's deferred rescale divides by two primes (see :func:`final_rescales`)."""
     y = _relinearize_as_planned(n, y, keys)
-    for _ in range(final_rescales(n)):
+    k = final_rescales(n)
+    if k == 2:  # one rounding, one NTT pass (see CiphertextBatch.rescale_twice)
+        return y.rescale_twice()
+    for _ in range(k):
         y = y.rescale()
     return y
 
