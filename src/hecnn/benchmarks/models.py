@@ -47,7 +47,7 @@ from hecnn.compile.ir import Plan
 from hecnn.compile.streaming import default_memory_budget, plan_streaming
 from hecnn.errors import HecnnError
 from hecnn.runtime import RunReport, decrypt_outputs, pack, run
-from hecnn.runtime.memory import release_free_memory
+from hecnn.runtime.memory import proc_kib, release_free_memory
 
 ROWS = ("ishiyama_mnist", "cryptonets_mnist", "ishiyama_cifar", "hemet_squeezenet")
 QUICK_ROWS = ("ishiyama_mnist", "cryptonets_mnist")
@@ -149,13 +149,9 @@ def load_images(dataset: str, count: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _available_memory() -> int:
-    try:
-        with open("/proc/meminfo") as f:
-            for line in f:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
+    found = proc_kib("/proc/meminfo", "MemAvailable")
+    if found is not None:
+        return found
     return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_AVPHYS_PAGES")
 
 

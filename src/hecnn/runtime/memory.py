@@ -49,27 +49,28 @@ def release_free_memory() -> bool:
     return bool(trim(0))
 
 
-def current_rss() -> int:
-    """Resident set size now in bytes (0 where ``/proc`` is not available)."""
+def proc_kib(path: str, field: str) -> int | None:
+    """Bytes of the ``field:`` line (in kB) of a ``/proc`` file, None where it is missing."""
     try:
-        with open("/proc/self/status") as f:
+        with open(path) as f:
             for line in f:
-                if line.startswith("VmRSS:"):
+                if line.startswith(field + ":"):
                     return int(line.split()[1]) * 1024
     except OSError:
         pass
-    return 0
+    return None
+
+
+def current_rss() -> int:
+    """Resident set size now in bytes (0 where ``/proc`` is not available)."""
+    return proc_kib("/proc/self/status", "VmRSS") or 0
 
 
 def peak_rss() -> int:
     """Peak resident set size in bytes (since the last reset, or since the process started)."""
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
+    found = proc_kib("/proc/self/status", "VmHWM")
+    if found is not None:
+        return found
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return peak if sys.platform == "darwin" else peak * 1024  # bytes on macOS, KiB on Linux
 
