@@ -47,7 +47,7 @@ from hecnn.compile.ir import Plan
 from hecnn.compile.streaming import default_memory_budget, plan_streaming
 from hecnn.errors import HecnnError
 from hecnn.runtime import RunReport, decrypt_outputs, pack, run
-from hecnn.runtime.memory import proc_kib, release_free_memory
+from hecnn.runtime.memory import proc_kib
 
 ROWS = ("ishiyama_mnist", "cryptonets_mnist", "ishiyama_cifar", "hemet_squeezenet")
 QUICK_ROWS = ("ishiyama_mnist", "cryptonets_mnist")
@@ -259,7 +259,6 @@ def bench_row(
             if now - started > time_limit:
                 raise _TimeLimitError
 
-        release_free_memory()  # the client's freed buffers: a server process never held them
         report = RunReport()
         cpu0 = time.process_time()
         try:

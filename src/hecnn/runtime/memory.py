@@ -28,27 +28,6 @@ def reset_peak_rss() -> bool:
         return False
 
 
-def release_free_memory() -> bool:
-    """Hand the C heap's free pages back to the OS (glibc ``malloc_trim``; False elsewhere).
-
-    A process that encrypted a batch before serving it (a benchmark plays client and server)
-    keeps the client's freed buffers resident; a server process would never have had them."""
-    import ctypes
-    import ctypes.util
-    import gc
-
-    gc.collect()
-    name = ctypes.util.find_library("c")
-    if name is None:
-        return False
-    try:
-        trim = ctypes.CDLL(name).malloc_trim
-    except (OSError, AttributeError):
-        return False
-    trim.argtypes = [ctypes.c_size_t]
-    return bool(trim(0))
-
-
 def proc_kib(path: str, field: str) -> int | None:
     """Bytes of the ``field:`` line (in kB) of a ``/proc`` file, None where it is missing."""
     try:
