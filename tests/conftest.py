@@ -104,3 +104,43 @@ def pool_then_conv():
         return model.eval()
 
     return build
+
+
+class HeadThenSqueeze(nn.Module):
+    """HEMET's first layers in small: a 3×3 conv on the input (1,024 outputs) → element-wise
+    x² + c·x → BN → 2×2 average pool → 1×1 squeeze (64 outputs) → poly → linear. The squeeze
+    has 16× fewer outputs than the conv, so both the conv's rescale and the polynomial's
+    are left to it (it divides by three primes)."""
+
+    def __init__(self):
+        super().__init__()
+        self.c0 = nn.Conv2d(3, 16, 3, padding=1)
+        self.a0 = TrainablePoly(2, "element", shape=(16, 8, 8))
+        self.b0 = nn.BatchNorm2d(16)
+        self.pool = nn.AvgPool2d(2)
+        self.s = nn.Conv2d(16, 4, 1)
+        self.a1 = TrainablePoly(2, "channel", shape=(4, 4, 4))
+        self.fc = nn.Linear(64, 3)
+
+    def forward(self, x):
+        y = self.s(self.pool(self.b0(self.a0(self.c0(x)))))
+        return self.fc(torch.flatten(self.a1(y), 1))
+
+
+@pytest.fixture
+def head_then_squeeze():
+    """``seed`` → a :class:`HeadThenSqueeze` with random polynomials and BN statistics."""
+
+    def build(seed: int) -> HeadThenSqueeze:
+        torch.manual_seed(seed)
+        model = HeadThenSqueeze()
+        with torch.no_grad():
+            for p in model.a0.parameters():
+                p.add_(torch.rand_like(p) * 0.3)
+            for p in model.a1.parameters():
+                p.add_(torch.rand_like(p) * 0.3)
+            model.b0.running_mean.uniform_(-0.5, 0.5)
+            model.b0.running_var.uniform_(0.5, 2)
+        return model.eval()
+
+    return build

@@ -344,6 +344,8 @@ def simulate_ckks(plan: Any, images: np.ndarray, seed: int = 0) -> np.ndarray:
     n, delta = plan.params.n, float(plan.params.scale)
     q = 1.0 / delta
 
+    deferred_w = 2.0 ** math.floor(2 * math.log2(delta) / 3)
+
     def rnd(a: np.ndarray) -> np.ndarray:
         return np.round(np.asarray(a, dtype=np.float64) * delta) * q
 
@@ -361,10 +363,14 @@ def simulate_ckks(plan: Any, images: np.ndarray, seed: int = 0) -> np.ndarray:
         elif isinstance(nd, AffineNode):
             v = vals[nd.inputs[0]]
             out = np.zeros((nd.weights.out_features, v.shape[1]))
+            # a head deferring its rescale, and the layer dividing by its three primes, encode
+            # their weights at ~Δ^(2/3) (see executor.deferred_head_weight_scale)
+            w_scale = deferred_w if nd.defer_rescale or nd.owed_rescales == 2 else delta
             for b in nd.weights.blocks:
-                out[b.out_idx] += rnd(b.weights) @ v[b.in_idx]
+                out[b.out_idx] += np.round(b.weights * w_scale) / w_scale @ v[b.in_idx]
             out += rnd(nd.bias)[:, None]
-            vals[nd.name] = noisy(out, sd_rescale(nd.components)) if nd.rescale else out
+            rescaled = nd.rescale and not nd.defer_rescale
+            vals[nd.name] = noisy(out, sd_rescale(nd.components)) if rescaled else out
         elif isinstance(nd, PolyNode) and nd.chebyshev:
             # every T_k is a product tree rescaled at each step; the terms' noise adds up
             v = vals[nd.inputs[0]] / nd.radius

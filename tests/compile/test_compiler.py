@@ -236,6 +236,40 @@ def test_pool_is_kept_apart_from_the_conv_after_it_where_that_is_cheaper(pool_th
     assert secure.params.n == 16384 and kept(secure)
 
 
+def test_first_layer_rescale_deferred_through_its_polynomial(head_then_squeeze):
+    """The conv on the input (1,024 outputs) leaves its rescale, like its polynomial, to the
+    squeeze (64 outputs), which then divides by three primes: same depth, same function, the
+    conv and polynomial one level higher; the choice survives serialization, and a plan whose
+    owed rescales do not match what was deferred is refused."""
+    from hecnn.compile.levels import check_deferred_rescales
+    from hecnn.compile.serialize import dumps_plan, loads_plan
+    from hecnn.errors import ParameterError
+
+    model = head_then_squeeze(3)
+    x = torch.randn(8, 3, 8, 8)
+    lazy = compile_model(model, (3, 8, 8), batch=8, calib=x)
+    eager = compile_model(model, (3, 8, 8), batch=8, calib=x, lazy_rescale=False)
+    assert lazy.levels == eager.levels and lazy.params.n == eager.params.n
+    c0, a0, s = lazy.node("c0"), lazy.node("a0"), lazy.node("s")
+    assert c0.defer_rescale and a0.defer_rescale and s.owed_rescales == 2
+    assert c0.level_in == c0.level_out == a0.level_out == s.level_in
+    assert s.level_in - s.level_out == 3 and s.level_out == eager.node("s").level_out
+    assert any("c0: rescale deferred through a0 to s" in d for d in lazy.decisions)
+    assert "3 rescales" in lazy.summary()
+    with torch.no_grad():
+        ref = model(x).double().numpy()
+    np.testing.assert_allclose(simulate(lazy, x.numpy()), ref, atol=1e-6 * np.abs(ref).max())
+    back = loads_plan(dumps_plan(lazy))
+    assert back.node("c0").defer_rescale and back.node("s").owed_rescales == 2
+    s.owed_rescales = 1  # the conv's deferred rescale has no owner
+    with pytest.raises(ParameterError, match="owes 1 rescales, its input defers 2"):
+        check_deferred_rescales(lazy.nodes)
+    s.owed_rescales = 2
+    a0.defer_rescale = False  # a deferring head read by a polynomial that rescales
+    with pytest.raises(ParameterError, match="first affine layer"):
+        check_deferred_rescales(lazy.nodes)
+
+
 def test_rescales_deferred_to_consumers_with_fewer_outputs(fire_after_bn):
     """The Fire module's expands (96 features) leave their last rescale to the squeeze after
     the concatenation (32 outputs), which rescales twice: the same depth and the same

@@ -288,3 +288,18 @@ def test_deferred_rescales_stream_bit_for_bit():
         out = run(plan, ct, evk, chunk=chunk)
         assert np.array_equal(out.data, whole.data) and out.scale == whole.scale
     _check_plaintext(ctx, sk, whole, ref)
+
+
+def test_deferred_head_rescale_streams_bit_for_bit(head_then_squeeze):
+    """The first conv skips its rescale and the squeeze divides by three primes: streamed in
+    chunks (the conv's windows at the top level, the squeeze's partial sums of products at
+    (Δ·Δ_w)²·Δ_w'), the result is the unstreamed one bit for bit."""
+    plan, ctx, sk, evk, ct, ref = _setup(head_then_squeeze(2), (3, 8, 8))
+    assert plan.node("c0").defer_rescale and plan.node("s").owed_rescales == 2
+    whole = run(plan, ct, evk, streaming=False)
+    for chunk in (2, 7):
+        report = RunReport()
+        out = run(plan, ct, evk, chunk=chunk, report=report)
+        assert any(s.chunks > 1 and "c0" in s.nodes for s in report.schedule.segments)
+        assert np.array_equal(out.data, whole.data) and out.scale == whole.scale
+    _check_plaintext(ctx, sk, whole, ref)

@@ -159,8 +159,8 @@ def node_op_counts(plan: Plan) -> dict[str, Counter]:
             if n.bias is not None:
                 c.add("add", lvl, n.features / 2)  # a constant touches c0 only
             out_lvl = lvl
-            if n.rescale:
-                for k in range(1 + n.owed_rescales):  # and the input's deferred rescale
+            if n.rescale and n.depth:
+                for k in range(n.depth):  # and the input's deferred rescales
                     c.add("rescale", lvl - k, n.features * cin / 2)
                 out_lvl = lvl - 1
             if n.relin_after and cin > 2:

@@ -66,10 +66,13 @@ class AffineNode(Node):
     #: rescales its input still owes (a polynomial before it deferred its last one, see
     #: :func:`~hecnn.compile.levels.defer_rescales`): done after this node's own
     owed_rescales: int = 0
+    #: a first layer that leaves its rescale to the affine layer after its polynomial: its
+    #: products keep scale Δ·Δ_w (:func:`~hecnn.compile.levels.defer_rescales`)
+    defer_rescale: bool = False
 
     @property
     def depth(self) -> int:
-        return 1 + self.owed_rescales if self.rescale else 0
+        return 1 + self.owed_rescales - int(self.defer_rescale) if self.rescale else 0
 
     @property
     def macs(self) -> int:
@@ -306,7 +309,7 @@ class Plan:
 def _rescale_note(n: Node) -> str:
     if not n.rescale:
         return " (no rescale)"
-    if isinstance(n, PolyNode) and n.defer_rescale:
+    if isinstance(n, PolyNode | AffineNode) and n.defer_rescale:
         return " (rescale deferred)"
     if isinstance(n, AffineNode) and n.owed_rescales:
         return f" ({1 + n.owed_rescales} rescales)"

@@ -250,35 +250,113 @@ def defer_rescales(nodes: list[Node], output: str) -> list[str]:
             f"({sum(p.features for p in polys):,} → {sum(a.features for a in affs):,} "
             f"ciphertexts rescaled; estimated {gain / cost:.0f}× the extra work saved)"
         )
+        head = _deferring_head(polys[0], nodes) if len(polys) == 1 else None
+        if head is not None:
+            out += _defer_head(head, polys[0], affs)
     check_deferred_rescales(nodes)
     return out
 
 
+def _defer_head(head: AffineNode, p: PolyNode, affs: list[Node]) -> list[str]:
+    """Let the first affine layer leave its rescale to ``affs`` as well (they then divide by
+    three primes), where the estimate says it pays.
+
+    The input arrives at Δ; the head's weights are encoded at a fixed Δ_w (a third of the
+    three primes' bits beyond Δ, ~2^20 at Δ = 2^30) instead of ≈ q_ℓ, so its products sit at
+    Δ·Δ_w, the polynomial's x² at (Δ·Δ_w)², and the consumers' weights come out at
+    Δ·q_ℓq_{ℓ−1}q_{ℓ−2}/(Δ·Δ_w)² ≈ Δ_w again: both keep 2^-20 relative precision. Saved: the
+    head's rescale of every output (the widest layer of a CNN: 65,536 ciphertexts at the top
+    level in hemet_squeezenet). Paid: the polynomial and the consumers' products one limb
+    higher, and a third rescale after the consumers' sums.
+    """
+    from hecnn.compile.cost import RELIN_MACS, RESCALE_MACS
+
+    gain = head.features * RESCALE_MACS * head.level_in
+    cost = p.features * p.components / 2  # the square, one limb more
+    for a in affs:
+        cin = max(p.components, 2)
+        cost += a.macs * cin / 2 + RELIN_MACS * a.features * (a.relin_after and cin > 2)
+        cost += a.features * RESCALE_MACS * (a.level_in + 1)
+    if gain <= cost:
+        return []
+    head.defer_rescale = True
+    for a in affs:
+        a.owed_rescales = 2
+    readers = ", ".join(a.name for a in affs)
+    return [
+        f"{head.name}: rescale deferred through {p.name} to {readers} ({head.features:,} → "
+        f"{sum(a.features for a in affs):,} ciphertexts rescaled; estimated "
+        f"{gain / cost:.0f}× the extra work saved)"
+    ]
+
+
+def _deferring_head(p: PolyNode, nodes: list[Node]) -> AffineNode | None:
+    """The affine node before ``p`` when it could leave its rescale to p's consumers too: it
+    reads the plan's input (at scale Δ) and p alone reads it."""
+    by_name = {n.name: n for n in nodes}
+    src = by_name[p.inputs[0]]
+    if not isinstance(src, AffineNode) or not src.rescale or src.owed_rescales:
+        return None
+    if src.scale_factor != 1.0 or src.relin_after:
+        return None
+    if not isinstance(by_name[src.inputs[0]], InputNode):
+        return None
+    return src if [c.name for c in consumers(nodes)[src.name]] == [p.name] else None
+
+
+def owed_by(n: Node, by_name: dict[str, Node]) -> int:
+    """Rescales n's output still owes: 1 for a deferring affine head, 1 + its input's for a
+    deferring polynomial (x² of a product at Δ·Δ_w still owes that product's rescale), the
+    common count of a concatenation's inputs, 0 otherwise."""
+    if isinstance(n, AffineNode):
+        return int(n.defer_rescale)
+    if isinstance(n, PolyNode):
+        return 1 + owed_by(by_name[n.inputs[0]], by_name) if n.defer_rescale else 0
+    if isinstance(n, ConcatNode):
+        owed = {owed_by(by_name[i], by_name) for i in n.inputs}
+        if len(owed) > 1:
+            raise ParameterError(
+                f"{n.name}: concatenates deferred and rescaled inputs (owing {sorted(owed)})"
+            )
+        return owed.pop()
+    return 0
+
+
 def check_deferred_rescales(nodes: list[Node]) -> None:
-    """Every deferred polynomial is read only by affine nodes that owe its rescale (directly
-    or through a concatenation of deferred polynomials), and every owed rescale has one."""
+    """Every deferred rescale is done by exactly the affine nodes that read it: a deferred
+    output is read only by affine nodes owing its rescales (directly or through a
+    concatenation), a deferring affine head only by a deferring polynomial, and every owed
+    rescale has a producer that deferred it."""
     by_name = {n.name: n for n in nodes}
     users = consumers(nodes)
-
-    def deferred(n: Node) -> bool:
-        if isinstance(n, PolyNode):
-            return n.defer_rescale
-        if isinstance(n, ConcatNode):
-            flags = {deferred(by_name[i]) for i in n.inputs}
-            if len(flags) > 1:
-                raise ParameterError(f"{n.name}: concatenates deferred and rescaled inputs")
-            return flags.pop()
-        return False
-
     for n in nodes:
         if isinstance(n, PolyNode) and n.defer_rescale and not _can_defer(n, ""):
             raise ParameterError(f"{n.name}: only x² + c·x (lead folded) defers its rescale")
         if isinstance(n, AffineNode):
-            if n.owed_rescales not in (0, 1):
-                raise ParameterError(f"{n.name}: owes {n.owed_rescales} rescales (0 or 1)")
-            if n.owed_rescales and not (n.rescale and deferred(by_name[n.inputs[0]])):
-                raise ParameterError(f"{n.name}: owes a rescale no producer deferred")
-        if not deferred(n):
+            if n.owed_rescales not in (0, 1, 2):
+                raise ParameterError(f"{n.name}: owes {n.owed_rescales} rescales (0 to 2)")
+            owed = owed_by(by_name[n.inputs[0]], by_name)
+            if n.owed_rescales != owed or (owed and not n.rescale):
+                raise ParameterError(
+                    f"{n.name}: owes {n.owed_rescales} rescales, its input defers {owed}"
+                )
+            if n.defer_rescale:
+                readers = users[n.name]
+                ok = (
+                    n.rescale
+                    and not n.owed_rescales
+                    and isinstance(by_name[n.inputs[0]], InputNode)
+                    and len(readers) == 1
+                    and isinstance(readers[0], PolyNode)
+                    and readers[0].defer_rescale
+                )
+                if not ok:
+                    raise ParameterError(
+                        f"{n.name}: only a first affine layer read by one deferring "
+                        "polynomial defers its rescale"
+                    )
+                continue
+        if not owed_by(n, by_name):
             continue
         for c in users[n.name]:
             if not isinstance(c, ConcatNode | AffineNode) or (

@@ -89,6 +89,8 @@ def dumps_plan(plan: Plan) -> bytes:
             entry["bias"] = n.bias is not None
             if n.owed_rescales:
                 entry["owed_rescales"] = int(n.owed_rescales)
+            if n.defer_rescale:
+                entry["defer_rescale"] = True
             arrays[f"n{i}.dims"] = np.array(
                 [b.weights.shape for b in w.blocks], dtype="<i8"
             ).reshape(-1, 2)
@@ -174,6 +176,14 @@ def _pair_out(r: tuple[float, float] | None) -> list[float] | None:
 def _int(v: Any, lo: int, hi: int, what: str) -> int:
     if not isinstance(v, int) or isinstance(v, bool) or not lo <= v <= hi:
         raise SerializationError(f"malformed plan: {what} must be an integer in [{lo}, {hi}]")
+    return v
+
+
+def _flag(entry: dict[str, Any], key: str, name: str) -> bool:
+    """An optional boolean field of a node entry (False when absent)."""
+    v = entry.get(key, False)
+    if not isinstance(v, bool):
+        raise SerializationError(f"malformed plan: node {name!r} {key} flag")
     return v
 
 
@@ -306,9 +316,13 @@ def _build(spec: dict, arrs: dict, params) -> Plan:
             if not isinstance(e.get("bias"), bool):
                 raise SerializationError(f"malformed plan: node {name!r} bias flag missing")
             bias = _array(arrs, f"n{i}.bias", "<f8", (out_f,)) if e["bias"] else None
-            owed = _int(e.get("owed_rescales", 0), 0, 1, f"node {name!r} owed_rescales")
+            owed = _int(e.get("owed_rescales", 0), 0, 2, f"node {name!r} owed_rescales")
             node = AffineNode(
-                **common, weights=_weights(i, e, arrs, out_f, in_f), bias=bias, owed_rescales=owed
+                **common,
+                weights=_weights(i, e, arrs, out_f, in_f),
+                bias=bias,
+                owed_rescales=owed,
+                defer_rescale=_flag(e, "defer_rescale", name),
             )
         elif op == "poly":
             coeffs = _array(arrs, f"n{i}.coeffs", "<f8")
@@ -323,9 +337,6 @@ def _build(spec: dict, arrs: dict, params) -> Plan:
             radius = _positive(e.get("radius", 1.0), f"node {name!r} radius")
             if basis not in ("power", "chebyshev"):
                 raise SerializationError(f"malformed plan: node {name!r} basis {basis!r}")
-            defer = e.get("defer_rescale", False)
-            if not isinstance(defer, bool):
-                raise SerializationError(f"malformed plan: node {name!r} defer_rescale flag")
             node = PolyNode(
                 **common,
                 coeffs=coeffs,
@@ -334,7 +345,7 @@ def _build(spec: dict, arrs: dict, params) -> Plan:
                 valid_range=_pair_in(e.get("valid_range"), "valid_range"),
                 basis=basis,
                 radius=radius,
-                defer_rescale=defer,
+                defer_rescale=_flag(e, "defer_rescale", name),
             )
         elif op in ("add", "mul"):
             if in_feats != [feats, feats]:

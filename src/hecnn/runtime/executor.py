@@ -8,6 +8,7 @@ addition exact, with no level spent on alignment.
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -220,11 +221,24 @@ def _weight_scale(n: AffineNode, x: CiphertextBatch) -> float:
     2^TAIL_WEIGHT_BITS."""
     if not n.rescale:  # rescale-free tail: the product keeps its scale
         return 2.0**TAIL_WEIGHT_BITS
+    if n.defer_rescale:
+        return deferred_head_weight_scale(n, x)
     drops = 1 + n.owed_rescales
     if x.level < drops or x.level - drops < x.params.min_level:
         raise LevelError(f"{n.name}: no level left for an affine layer")
     primes = np.prod([float(x.ctx.primes[x.level - k]) for k in range(drops)])
     return x.params.scale * n.scale_factor * float(primes) / x.scale
+
+
+def deferred_head_weight_scale(n: AffineNode, x: CiphertextBatch) -> float:
+    """Δ_w of a first layer that defers its rescale through x² + c·x to consumers dividing by
+    Q₃ = q_ℓ·q_{ℓ−1}·q_{ℓ−2}: those encode their weights at Δ·Q₃/(scale(x)·Δ_w)², so
+    Δ_w = 2^⌊log2(Δ·Q₃/scale(x)²)/3⌋ gives both layers the same precision (~2^-20 relative
+    at Δ = 2^30; see :func:`~hecnn.compile.levels.defer_rescales`)."""
+    if x.level - 3 < x.params.min_level:
+        raise LevelError(f"{n.name}: no level left for the three rescales it defers")
+    q3 = sum(math.log2(float(x.ctx.primes[x.level - k])) for k in range(3))
+    return 2.0 ** math.floor((math.log2(x.params.scale) + q3 - 2 * math.log2(x.scale)) / 3)
 
 
 def _affine(

@@ -66,20 +66,20 @@ def relinearize_then_rescale(n: Node, y: CiphertextBatch, keys: EvaluationKeys) 
     after it the noise meets the message at scale Δ — or at Δ/r for the input of a
     Chebyshev stage, where 2^-25 slot units let one relinearization cost ~6 bits and sent
     composite max-pool chains at N = 2^16 out of their intervals. An affine node that owes
-    its input's deferred rescale divides by two primes (see :func:`final_rescales`)."""
+    its input's deferred rescales divides by two or three primes (see :func:`final_rescales`)."""
     y = _relinearize_as_planned(n, y, keys)
     k = final_rescales(n)
-    if k == 2:  # one rounding, one NTT pass (see CiphertextBatch.rescale_twice)
-        return y.rescale_twice()
+    if k >= 2:  # one rounding, one NTT pass (see CiphertextBatch.rescale_twice)
+        y, k = y.rescale_twice(), k - 2
     for _ in range(k):
         y = y.rescale()
     return y
 
 
 def final_rescales(n: Node) -> int:
-    """Rescales that finish node n's product: none in the rescale-free tail or for a
-    polynomial that defers its last one; an affine node also does those its input owes."""
-    if not n.rescale or (isinstance(n, PolyNode) and n.defer_rescale):
+    """Rescales that finish node n's product: none in the rescale-free tail or for a node
+    that defers its last one; an affine node also does those its input owes."""
+    if not n.rescale or (isinstance(n, PolyNode | AffineNode) and n.defer_rescale):
         return 0
     return 1 + (n.owed_rescales if isinstance(n, AffineNode) else 0)
 
