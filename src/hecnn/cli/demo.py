@@ -44,7 +44,7 @@ def demo(
     net = bundled.load_model(model)
 
     t0 = time.perf_counter()
-    probe = compile_model(net, x_all.shape[1:], batch=1, calib=x_all[:256])
+    probe = compile_model(net, x_all.shape[1:], batch=1, calib=x_all[:256], min_agreement=None)
     slots = probe.params.slots
     b = batch or (1024 if quick else slots)
     b = min(b, slots)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import math
 
 import numpy as np
 import torch
@@ -37,6 +38,12 @@ OUTPUT_MARGIN = 4.0
 DEFAULT_OUTPUT_BOUND = 64.0
 
 
+#: the label agreement (per cent) the compiler asks of the plan's CKKS precision on the
+#: calibration images by default (the issue's goal for every bundled model)
+MIN_PREDICTED_AGREEMENT = 99.9
+MAX_SCALE_BITS = 30
+
+
 def compile_model(
     model: nn.Module,
     input_shape: tuple[int, ...],
@@ -50,6 +57,7 @@ def compile_model(
     lazy_rescale: bool = True,
     insecure_ring_for_tests: int | None = None,
     packing: str = "batch",
+    min_agreement: float | None = MIN_PREDICTED_AGREEMENT,
 ) -> Plan:
     """Trace, fold and level ``model`` for encrypted inference on ``batch`` images at once.
 
@@ -67,9 +75,98 @@ def compile_model(
     :func:`hecnn.compile.levels.defer_rescales`; batch packing; listed in ``plan.decisions``).
     ``calib`` (a few
     real inputs) sizes the base modulus from the largest output and checks the
-    polynomial activations' recorded input ranges. ``insecure_ring_for_tests`` forces a small
-    ring degree below 128-bit security — unit tests only.
+    polynomial activations' recorded input ranges, and with ``min_agreement`` (per cent;
+    batch packing, scale not forced) the CKKS precision: where the simulated noise predicts
+    fewer labels kept on ``calib`` (:func:`hecnn.compile.noise.predicted_agreement`), the
+    scale is raised — at the price of a larger ring where the chain then needs one — and the
+    reason listed in ``plan.decisions``. ``insecure_ring_for_tests`` forces a small ring
+    degree below 128-bit security — unit tests only.
     """
+    options = {
+        "batch": batch,
+        "calib": calib,
+        "fold_leading": fold_leading,
+        "merge_by_cost": merge_by_cost,
+        "relin_free_tail": relin_free_tail,
+        "lazy_rescale": lazy_rescale,
+        "insecure_ring_for_tests": insecure_ring_for_tests,
+        "packing": packing,
+    }
+    plan = _compile(model, input_shape, scale_bits=scale_bits, min_scale_bits=26, **options)
+    if calib is None or min_agreement is None or scale_bits is not None or plan.packing != "batch":
+        return plan
+
+    def recompile(floor: int) -> Plan:
+        return _compile(model, input_shape, scale_bits=None, min_scale_bits=floor, **options)
+
+    return _precise_enough(plan, min_agreement, np.asarray(calib, np.float32), recompile, model)
+
+
+def _precise_enough(plan: Plan, min_agreement: float, calib: np.ndarray, recompile, model):
+    """``plan``, or the plan at a larger scale, whichever first predicts ``min_agreement``.
+
+    The simulated error σ halves with each bit of scale, so the bits missing are read off the
+    first simulation (:func:`~hecnn.compile.noise.margin_agreement` with σ shrunk by 2^-b);
+    the recompiled plan is simulated again, and raised bit by bit while it still falls short.
+    """
+    from hecnn.compile.noise import margin_agreement, simulate_ckks
+
+    with torch.no_grad():  # float64: float32 rounding would pass for CKKS noise
+        ref = copy.deepcopy(model).double().eval()(torch.as_tensor(calib, dtype=torch.float64))
+    ref = ref.numpy()
+    ref = ref.reshape(len(calib), -1)
+    err = simulate_ckks(plan, calib).reshape(ref.shape) - ref
+    predicted = margin_agreement(ref, err)
+    bits = round(math.log2(plan.params.scale))
+    first = (bits, predicted)
+    while predicted < min_agreement and bits < MAX_SCALE_BITS:
+        enough = (
+            b
+            for b in range(1, MAX_SCALE_BITS - bits)
+            if margin_agreement(ref, err, 2.0**-b) >= min_agreement
+        )
+        more = next(enough, MAX_SCALE_BITS - bits)
+        candidate = recompile(bits + more)
+        cand_bits = round(math.log2(candidate.params.scale))
+        if cand_bits <= bits:  # nothing larger fits any ring
+            break
+        cand_err = simulate_ckks(candidate, calib).reshape(ref.shape) - ref
+        cand_predicted = margin_agreement(ref, cand_err)
+        if cand_predicted < predicted + 0.5 * (min_agreement - predicted):
+            break  # the error is not the scale's (the polynomials', the weights'): keep it
+        plan, bits, err, predicted = candidate, cand_bits, cand_err, cand_predicted
+    if bits != first[0]:
+        plan.decisions.append(
+            f"scale 2^{first[0]} → 2^{bits}: simulated CKKS noise on {len(calib)} calibration "
+            f"images predicted {first[1]:.2f} % label agreement at 2^{first[0]}, "
+            f"{predicted:.2f} % at 2^{bits} (asked: ≥ {min_agreement} %)"
+        )
+    if predicted < min_agreement:
+        plan.warnings.append(
+            f"simulated CKKS noise predicts {predicted:.2f} % label agreement on the "
+            f"calibration images (asked: ≥ {min_agreement} %) at scale 2^{bits}, and a larger "
+            "scale does not help enough: check the approximations (hecnn check)"
+        )
+    plan.predicted_agreement = predicted
+    return plan
+
+
+def _compile(
+    model: nn.Module,
+    input_shape: tuple[int, ...],
+    *,
+    batch: int,
+    calib,
+    scale_bits: int | None,
+    fold_leading: bool,
+    merge_by_cost: bool,
+    relin_free_tail: bool,
+    lazy_rescale: bool,
+    insecure_ring_for_tests: int | None,
+    packing: str,
+    min_scale_bits: int,
+) -> Plan:
+    """:func:`compile_model` for one lower bound on the scale's bits."""
     input_shape = tuple(int(s) for s in input_shape)
     if batch < 1:
         raise ShapeError(f"batch must be ≥ 1, got {batch}")
@@ -112,6 +209,7 @@ def compile_model(
             insecure_ring=insecure_ring_for_tests,
             tail_bits=lambda sb: tail_scale_bits(nodes, sb),
             tight_base=image,
+            min_scale_bits=min_scale_bits,
         )
         assign_levels(nodes, params.max_level)
         if lazy_rescale and not image:

@@ -168,6 +168,9 @@ class Plan:
     #: in the slots of a few ciphertexts (:mod:`hecnn.compile.image`, layouts in ``image``)
     packing: str = "batch"
     image: object = None  # hecnn.compile.image.ImagePacking for packing="image"
+    #: label agreement (per cent) the compiler predicted from simulated CKKS noise on the
+    #: calibration images (:func:`hecnn.compile.noise.predicted_agreement`); None unchecked
+    predicted_agreement: float | None = None
 
     def rotation_steps(self) -> list[int]:
         """The slot rotations the evaluation uses: the Galois keys a client must generate
@@ -270,6 +273,11 @@ class Plan:
             f"CKKS: {p.describe()}",
             self._memory_line() if self.image is None else self._image_lines(),
         ]
+        if self.predicted_agreement is not None:
+            lines.append(
+                f"precision: {self.predicted_agreement:.2f} % label agreement predicted from "
+                "simulated CKKS noise on the calibration images"
+            )
         lines += [f"decision: {d}" for d in self.decisions]
         lines += [f"warning: {w}" for w in self.warnings]
         return "\n".join(lines)

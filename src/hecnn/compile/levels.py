@@ -438,6 +438,7 @@ def choose_parameters(
     insecure_ring: int | None = None,
     tail_bits: Callable[[int], int] | None = None,
     tight_base: bool = False,
+    min_scale_bits: int = 26,
 ) -> CkksParameters:
     """Smallest secure ring for ``depth`` and ``batch``; then the largest scale that fits it.
 
@@ -449,7 +450,7 @@ def choose_parameters(
     where N is set by the depth alone).
     """
     value_bits = max(1, math.ceil(math.log2(max(output_bound, 1.0) * 2)) + 1)
-    candidates = range(26, 31) if scale_bits is None else [scale_bits]
+    candidates = range(min(min_scale_bits, 30), 31) if scale_bits is None else [scale_bits]
     best: CkksParameters | None = None
     for sb in candidates:
         extra = tail_bits(sb) if tail_bits else 0
