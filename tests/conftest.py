@@ -95,15 +95,21 @@ def pool_then_conv():
 
     def build(seed: int, deep: bool = True) -> PoolThenConv:
         torch.manual_seed(seed)
-        model = PoolThenConv(deep)
-        with torch.no_grad():
-            for p in model.a0.parameters():
-                p.add_(torch.rand_like(p) * 0.3)
-            model.b0.running_mean.uniform_(-0.5, 0.5)
-            model.b0.running_var.uniform_(0.5, 2)
-        return model.eval()
+        return _randomized(PoolThenConv(deep), ["a0"])
 
     return build
+
+
+def _randomized(model: nn.Module, polys: list[str]) -> nn.Module:
+    """``model`` in eval mode with the parameters of its polynomials ``polys`` (attribute
+    names) shifted by U(0, 0.3) and random statistics for its batch-norm ``b0``."""
+    with torch.no_grad():
+        for name in polys:
+            for p in getattr(model, name).parameters():
+                p.add_(torch.rand_like(p) * 0.3)
+        model.b0.running_mean.uniform_(-0.5, 0.5)
+        model.b0.running_var.uniform_(0.5, 2)
+    return model.eval()
 
 
 class HeadThenSqueeze(nn.Module):
@@ -133,14 +139,6 @@ def head_then_squeeze():
 
     def build(seed: int) -> HeadThenSqueeze:
         torch.manual_seed(seed)
-        model = HeadThenSqueeze()
-        with torch.no_grad():
-            for p in model.a0.parameters():
-                p.add_(torch.rand_like(p) * 0.3)
-            for p in model.a1.parameters():
-                p.add_(torch.rand_like(p) * 0.3)
-            model.b0.running_mean.uniform_(-0.5, 0.5)
-            model.b0.running_var.uniform_(0.5, 2)
-        return model.eval()
+        return _randomized(HeadThenSqueeze(), ["a0", "a1"])
 
     return build

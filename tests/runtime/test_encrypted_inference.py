@@ -184,44 +184,33 @@ def test_pool_kept_apart_encrypted_equals_plaintext(pool_then_conv):
     assert (got.argmax(1) == ref.argmax(1)).all()
 
 
-def test_first_layer_deferred_rescale_encrypted_equal_plaintext(head_then_squeeze):
-    """The conv on the input skips its rescale (weights at ~Δ^(2/3), products at Δ·Δ_w); the
-    squeeze divides by three primes after its sums: the plaintext model still, and no less
-    precise than the plan that rescales at every layer."""
-    model = head_then_squeeze(5)
-    x = torch.randn(16, 3, 8, 8)
+@pytest.mark.parametrize(
+    ("fixture", "seed", "shape", "deferring", "owing", "owed"),
+    [
+        # the expands → the squeeze, the last activation → the classifier: one rescale each
+        ("fire_after_bn", 7, (2, 4, 4), "a1", "s", 1),
+        # the first conv skips its rescale (weights at ~Δ^(2/3), products at Δ·Δ_w) and the
+        # squeeze divides by three primes after its sums
+        ("head_then_squeeze", 5, (3, 8, 8), "c0", "s", 2),
+    ],
+)
+def test_deferred_rescales_encrypted_equal_plaintext(
+    request, fixture, seed, shape, deferring, owing, owed
+):
+    """Layers whose last rescale their shrinking consumers do still compute the plaintext
+    model, no less precisely than the plan that rescales at every layer (one rounding after
+    the sums instead of one per input)."""
+    model = request.getfixturevalue(fixture)(seed)
+    x = torch.randn(16, *shape)
     got, ref, plan = _encrypted_vs_plain(model, x)
-    assert plan.node("c0").defer_rescale and plan.node("s").owed_rescales == 2
+    assert plan.node(deferring).defer_rescale and plan.node(owing).owed_rescales == owed
     err = np.abs(got - ref).max()
     assert err < 1e-2 * max(1.0, np.abs(ref).max())
     assert (got.argmax(1) == ref.argmax(1)).all()
     eager = compile_model(
-        model, (3, 8, 8), batch=16, calib=x, insecure_ring_for_tests=RING, lazy_rescale=False
+        model, shape, batch=16, calib=x, insecure_ring_for_tests=RING, lazy_rescale=False
     )
-    assert not eager.node("c0").defer_rescale
-    ctx = CkksContext(eager.params)
-    kg = KeyGenerator(ctx)
-    sk = kg.secret_key()
-    ct = encrypt_images(eager, ctx, kg.public_key(sk), x.numpy())
-    eager_err = np.abs(decrypt_outputs(ctx, sk, run(eager, ct, kg.evaluation_keys(sk)), 16) - ref)
-    assert err < 4 * eager_err.max(), (err, eager_err.max())
-
-
-def test_deferred_rescales_encrypted_equal_plaintext(fire_after_bn):
-    """Polynomials whose last rescale their shrinking consumers do (the expands → the squeeze,
-    the last activation → the classifier) still compute the plaintext model, no less
-    precisely than the plan that rescales at every polynomial (one rounding after the sums
-    instead of one per input)."""
-    model = fire_after_bn(7)
-    x = torch.randn(16, 2, 4, 4)
-    got, ref, plan = _encrypted_vs_plain(model, x)
-    assert plan.node("a1").defer_rescale and plan.node("s").owed_rescales == 1
-    err = np.abs(got - ref).max()
-    assert err < 1e-2 * max(1.0, np.abs(ref).max())
-    assert (got.argmax(1) == ref.argmax(1)).all()
-    eager = compile_model(
-        model, (2, 4, 4), batch=16, calib=x, insecure_ring_for_tests=RING, lazy_rescale=False
-    )
+    assert not eager.node(deferring).defer_rescale
     ctx = CkksContext(eager.params)
     kg = KeyGenerator(ctx)
     sk = kg.secret_key()
