@@ -47,7 +47,7 @@ from hecnn.compile.ir import Plan
 from hecnn.compile.streaming import default_memory_budget, plan_streaming
 from hecnn.errors import HecnnError
 from hecnn.runtime import RunReport, decrypt_outputs, pack, run
-from hecnn.runtime.memory import proc_kib
+from hecnn.runtime.memory import current_rss, proc_kib
 
 ROWS = ("ishiyama_mnist", "cryptonets_mnist", "ishiyama_cifar", "hemet_squeezenet")
 QUICK_ROWS = ("ishiyama_mnist", "cryptonets_mnist")
@@ -213,12 +213,14 @@ def bench_row(
     plan.model_name = name
     row.batch = plan.batch = batch or plan.params.slots  # the ring's slots: a full batch
     row.stages["compile"] = time.perf_counter() - t0
+    resident = {"compile": current_rss()}  # what the client's side keeps, stage by stage
     row.n, row.levels = plan.params.n, plan.params.max_level
     log(f"{name}: N={row.n}, {row.levels} levels, depth {plan.levels}, batch {row.batch}")
     with contextlib.suppress(ImportError):
         t0 = time.perf_counter()
         row.seal = seal_estimate(plan, reps=seal_reps)
         row.stages["SEAL op timing"] = time.perf_counter() - t0
+        resident["SEAL op timing"] = current_rss()
     budget = default_memory_budget() if memory_budget is None else memory_budget
     sched = plan_streaming(plan, budget, input_on_disk=True)
     row.estimate = sched.peak
@@ -239,11 +241,17 @@ def bench_row(
     sk = kg.secret_key()
     pk, evk = kg.public_key(sk), kg.evaluation_keys(sk)
     row.stages["keygen"] = time.perf_counter() - t0
+    resident["images and keygen"] = current_rss()
     with tempfile.TemporaryDirectory(prefix="hecnn-bench-") as tmp:
         t0 = time.perf_counter()
         ct = _encrypt_to_file(plan, ctx, pk, images, Path(tmp) / "inputs.npy")
         row.stages["encrypt"] = time.perf_counter() - t0
         log(f"{name}: encrypted {len(ct)} ciphertexts in {row.stages['encrypt']:.1f} s")
+        resident["encrypt"] = current_rss()
+        log(
+            f"{name}: resident after "
+            + ", ".join(f"{k} {v / 2**30:.2f} GiB" for k, v in resident.items())
+        )
         weights = _progress_weights(plan, row.seal)
         state = {"fraction": 0.0, "at": ""}
         started = time.perf_counter()
