@@ -14,6 +14,7 @@ from hecnn.compile.cost import plan_work
 from hecnn.compile.image import pack_image
 from hecnn.compile.ir import Node, Plan, PolyNode
 from hecnn.compile.levels import (
+    MAX_SCALE_BITS,
     assign_levels,
     assign_scale_factors,
     choose_parameters,
@@ -41,7 +42,6 @@ DEFAULT_OUTPUT_BOUND = 64.0
 #: the label agreement (per cent) the compiler asks of the plan's CKKS precision on the
 #: calibration images by default (the issue's goal for every bundled model)
 MIN_PREDICTED_AGREEMENT = 99.9
-MAX_SCALE_BITS = 30
 
 
 def compile_model(

@@ -273,8 +273,8 @@ def _defer_head(head: AffineNode, p: PolyNode, affs: list[Node]) -> list[str]:
 
     gain = head.features * RESCALE_MACS * head.level_in
     cost = p.features * p.components / 2  # the square, one limb more
+    cin = max(p.components, 2)
     for a in affs:
-        cin = max(p.components, 2)
         cost += a.macs * cin / 2 + RELIN_MACS * a.features * (a.relin_after and cin > 2)
         cost += a.features * RESCALE_MACS * (a.level_in + 1)
     if gain <= cost:
@@ -291,17 +291,25 @@ def _defer_head(head: AffineNode, p: PolyNode, affs: list[Node]) -> list[str]:
 
 
 def _deferring_head(p: PolyNode, nodes: list[Node]) -> AffineNode | None:
-    """The affine node before ``p`` when it could leave its rescale to p's consumers too: it
-    reads the plan's input (at scale Δ) and p alone reads it."""
+    """The affine node before ``p`` when it could leave its rescale to p's consumers too."""
     by_name = {n.name: n for n in nodes}
     src = by_name[p.inputs[0]]
-    if not isinstance(src, AffineNode) or not src.rescale or src.owed_rescales:
-        return None
-    if src.scale_factor != 1.0 or src.relin_after:
-        return None
-    if not isinstance(by_name[src.inputs[0]], InputNode):
-        return None
-    return src if [c.name for c in consumers(nodes)[src.name]] == [p.name] else None
+    return src if _head_may_defer(src, by_name, consumers(nodes)) else None
+
+
+def _head_may_defer(n: Node, by_name: dict[str, Node], users: dict[str, list[Node]]) -> bool:
+    """n is a rescaling affine layer that reads the plan's input (at scale Δ), owes nothing,
+    lands on Δ, stays at 2 components, and is read by one polynomial alone."""
+    return (
+        isinstance(n, AffineNode)
+        and n.rescale
+        and not n.owed_rescales
+        and n.scale_factor == 1.0
+        and not n.relin_after
+        and isinstance(by_name[n.inputs[0]], InputNode)
+        and len(users[n.name]) == 1
+        and isinstance(users[n.name][0], PolyNode)
+    )
 
 
 def owed_by(n: Node, by_name: dict[str, Node]) -> int:
@@ -341,16 +349,7 @@ def check_deferred_rescales(nodes: list[Node]) -> None:
                     f"{n.name}: owes {n.owed_rescales} rescales, its input defers {owed}"
                 )
             if n.defer_rescale:
-                readers = users[n.name]
-                ok = (
-                    n.rescale
-                    and not n.owed_rescales
-                    and isinstance(by_name[n.inputs[0]], InputNode)
-                    and len(readers) == 1
-                    and isinstance(readers[0], PolyNode)
-                    and readers[0].defer_rescale
-                )
-                if not ok:
+                if not (_head_may_defer(n, by_name, users) and users[n.name][0].defer_rescale):
                     raise ParameterError(
                         f"{n.name}: only a first affine layer read by one deferring "
                         "polynomial defers its rescale"
@@ -429,6 +428,10 @@ def tail_scale_bits(nodes: list[Node], scale_bits: int) -> int:
     return extra
 
 
+#: the largest scale a plan picks (≤ the 31-bit word-size primes, one bit of headroom)
+MAX_SCALE_BITS = 30
+
+
 def choose_parameters(
     depth: int,
     batch: int,
@@ -450,7 +453,8 @@ def choose_parameters(
     where N is set by the depth alone).
     """
     value_bits = max(1, math.ceil(math.log2(max(output_bound, 1.0) * 2)) + 1)
-    candidates = range(min(min_scale_bits, 30), 31) if scale_bits is None else [scale_bits]
+    top = MAX_SCALE_BITS
+    candidates = range(min(min_scale_bits, top), top + 1) if scale_bits is None else [scale_bits]
     best: CkksParameters | None = None
     for sb in candidates:
         extra = tail_bits(sb) if tail_bits else 0
