@@ -112,3 +112,30 @@ def test_chunked_products_equal_the_whole_layer_bit_for_bit(ctx, keys, rng):
     assert np.array_equal(summed.data, whole.data)
     with pytest.raises(ShapeError, match="accumulator"):
         accumulate_products(c, [(blk, acc[:, :2])], weight_scale=dw, exponent=s)
+
+
+def test_column_tiles_give_the_untiled_residues(ctx, keys, rng, monkeypatch):
+    """Products computed a column tile at a time (gather, GEMM and reduction per tile, so they
+    stay in cache) equal the whole-row products bit for bit, for fresh and accumulated rows."""
+    from hecnn.ckks import linear
+
+    _sk, pk, _ = keys
+    c = encrypt(ctx, rng.uniform(-1, 1, (9, 16)), pk).square()  # 3 components
+    w = rng.normal(size=(5, 9))
+    whole = c.linear_combination(w)
+    assert linear.column_tile(9, 10, ctx.n) == ctx.n  # the test ring fits one tile
+    monkeypatch.setattr(linear, "TILE_BYTES", 8 * 19 * 64)  # force 64-column tiles
+    monkeypatch.setattr(linear, "MIN_TILE", 16)
+    assert linear.column_tile(9, 10, ctx.n) == 64 < ctx.n
+    tiled = c.linear_combination(w)
+    assert np.array_equal(tiled.data, whole.data)
+    acc = whole.data.copy()
+    dw = float(ctx.primes[c.level])
+    s = encoding_exponent(BlockSparseWeights.dense(w), dw)
+    accumulate_products(
+        c, [(WeightBlock(np.arange(5), np.arange(9), w), acc)], weight_scale=dw, exponent=s
+    )
+    assert np.array_equal(
+        acc,
+        (2 * whole.data.astype(np.int64)) % ctx.moduli_column(ctx.data_idx(c.level))[None, None],
+    )

@@ -37,6 +37,8 @@ def _ct_butterflies(a, b, q, w, wp):
     written on one array with a runtime offset does not vectorize and is ~15× slower.
     """
     q64 = np.uint64(q)
+    w = np.uint64(w)
+    wp = np.uint64(wp)
     for j in range(a.shape[0]):
         u = a[j]
         y = np.uint64(b[j])
@@ -68,6 +70,8 @@ def _ct_butterflies_tw(a, b, q, w, wp):
 def _gs_butterflies(a, b, q, w, wp):
     """(a, b) ← (a + b, (a − b)·w) mod q over two disjoint uint32 runs, one twiddle w."""
     q64 = np.uint64(q)
+    w = np.uint64(w)
+    wp = np.uint64(wp)
     for j in range(a.shape[0]):
         u = a[j]
         y = b[j]
@@ -133,8 +137,8 @@ def ntt_forward(a, mod_idx, primes, psi_rev, psi_rev_shoup):
                         x[j1 : j1 + t],
                         x[j1 + t : j1 + 2 * t],
                         q,
-                        np.uint64(tw[m + i]),
-                        np.uint64(tws[m + i]),
+                        tw[m + i],
+                        tws[m + i],
                     )
             else:
                 for k in range(t):  # butterfly (k + 2ti, k + 2ti + t) for group i, stride 2t
@@ -165,8 +169,8 @@ def ntt_inverse(a, mod_idx, primes, psi_inv_rev, psi_inv_rev_shoup, n_inv, n_inv
                         x[j1 : j1 + t],
                         x[j1 + t : j1 + 2 * t],
                         q,
-                        np.uint64(tw[h + i]),
-                        np.uint64(tws[h + i]),
+                        tw[h + i],
+                        tws[h + i],
                     )
             else:
                 for k in range(t):
@@ -393,14 +397,16 @@ def base_convert(x, src_idx, dst_idx, primes, qhat_inv, qhat_mod, big_mod, exact
 
 
 @nb.njit(nogil=True, cache=True)
-def gather_centered(x, rows, comp, limb, q, out):
-    """out[i, :] = centered float of x[rows[i], comp, limb, :]; rows < 0 give zero rows.
+def gather_centered(x, rows, comp, limb, q, out, col):
+    """out[i, :] = centered float of x[rows[i], comp, limb, col : col + T] (T = out's width);
+    rows < 0 give zero rows.
 
     x: (K, C, L, N) int32 residues. The centered lift (−q/2, q/2] halves the magnitude entering
-    the fp64 GEMM, which buys one more exact bit per weight digit.
+    the fp64 GEMM, which buys one more exact bit per weight digit. ``col``: the first of the
+    column tile (see ``linear._products``: a tile's gather, GEMM and reduction stay in cache).
     """
     k = rows.shape[0]
-    n = x.shape[3]
+    t = out.shape[1]
     half = np.int32(q // 2)
     qf = np.float64(q)
     for i in range(k):
@@ -409,16 +415,17 @@ def gather_centered(x, rows, comp, limb, q, out):
         if r < 0:
             dst[:] = 0.0
             continue
-        src = x[r, comp, limb]  # one contiguous row: a branch-free, vectorized inner loop
-        for j in range(n):
+        src = x[r, comp, limb, col : col + t]  # contiguous: a branch-free, vectorized loop
+        for j in range(t):
             v = src[j]
             dst[j] = np.float64(v) - (qf if v > half else 0.0)
 
 
 @nb.njit(nogil=True, cache=True)
-def reduce_digit_products(z, radix, s_mul, s_shoup, q, out, comp, limb, out_rows, accumulate):
-    """out[out_rows[o], comp, limb, :] = (Σ_t z[t, o, :]·radix^t)·2^s mod q (``accumulate``:
-    added to what the row holds, mod q — partial products of one layer summed chunk by chunk).
+def reduce_digit_products(z, radix, s_mul, s_shoup, q, out, comp, limb, out_rows, accumulate, col):
+    """out[out_rows[o], comp, limb, col : col + T] = (Σ_t z[t, o, :]·radix^t)·2^s mod q, T being
+    z's width (``accumulate``: added to what the row holds, mod q — partial products of one
+    layer summed chunk by chunk).
 
     z[t] are exact fp64 GEMM results of weight digit-plane t, |z| < 2^52. Horner's rule from the
     top plane stays exact in doubles: with r < q < 2^31 the partial result and radix = 2^b
@@ -443,7 +450,7 @@ def reduce_digit_products(z, radix, s_mul, s_shoup, q, out, comp, limb, out_rows
                 u = v - np.floor(v * qinv) * qf
                 u = u + qf if u < 0 else u
                 r[j] = u - qf if u >= qf else u
-        row = out[out_rows[o], comp, limb]
+        row = out[out_rows[o], comp, limb, col : col + n]  # (a runtime offset would not vectorize)
         for j in range(n):
             y = np.uint64(np.uint32(np.int32(r[j])))
             m = np.uint32(y * w - ((y * wp) >> _U32) * q64)
