@@ -47,7 +47,7 @@ from hecnn.compile.ir import Plan
 from hecnn.compile.streaming import default_memory_budget, plan_streaming
 from hecnn.errors import HecnnError
 from hecnn.runtime import RunReport, decrypt_outputs, pack, run
-from hecnn.runtime.memory import current_rss, proc_kib
+from hecnn.runtime.memory import current_rss, proc_kib, release_free_heap
 
 ROWS = ("ishiyama_mnist", "cryptonets_mnist", "ishiyama_cifar", "hemet_squeezenet")
 QUICK_ROWS = ("ishiyama_mnist", "cryptonets_mnist")
@@ -248,6 +248,8 @@ def bench_row(
         row.stages["encrypt"] = time.perf_counter() - t0
         log(f"{name}: encrypted {len(ct)} ciphertexts in {row.stages['encrypt']:.1f} s")
         resident["encrypt"] = current_rss()
+        if release_free_heap():
+            resident["freed heap"] = current_rss()
         log(
             f"{name}: resident after "
             + ", ".join(f"{k} {v / 2**30:.2f} GiB" for k, v in resident.items())

@@ -13,8 +13,10 @@ count it), so it favours SEAL.
 
 from __future__ import annotations
 
+import multiprocessing
 import time
 from collections import Counter
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
@@ -84,14 +86,16 @@ def seal_op_seconds(
 ) -> dict[tuple[str, int], float]:
     """SEAL's seconds per operation (:data:`OPS`) on two-component ciphertexts at each level.
 
-    Mean over ``reps`` operations on distinct ciphertexts. A rescale needs a level below, so
-    at level 0 it is not timed (the plan never rescales there).
+    Mean over ``reps`` operations on distinct ciphertexts, after one untimed operation of each
+    kind: the first allocation of each size pages in SEAL's memory pool, a one-off cost a long
+    run never pays again (in a fresh process it made the first square ~5× the later ones). A
+    rescale needs a level below, so at level 0 it is not timed (the plan never rescales there).
     """
     s = SealSession(params)
     rng = np.random.default_rng(seed)  # benchmark data, not key material
     out: dict[tuple[str, int], float] = {}
     for lvl in sorted(set(levels)):
-        cts = [s.encrypt(rng.uniform(-1, 1, 64), lvl) for _ in range(reps)]
+        cts = [s.encrypt(rng.uniform(-1, 1, 64), lvl) for _ in range(reps + 1)]  # +1: warm-up
         pts = [s.scalar(float(rng.uniform(-1, 1)), c) for c in cts]
         for op, sec in _time_level(s, cts, pts, lvl > 0).items():
             out[(op, lvl)] = sec
@@ -99,9 +103,10 @@ def seal_op_seconds(
 
 
 def _time_level(s: SealSession, cts: list, pts: list, can_rescale: bool) -> dict[str, float]:
-    ev, reps = s.evaluator, len(cts)
+    ev, reps = s.evaluator, len(cts) - 1  # the last ciphertext is the warm-up's
 
     def timed(fn) -> float:
+        fn(reps)  # untimed: pages in the pool's buffers for this operation
         t0 = time.perf_counter()
         for i in range(reps):
             fn(i)
@@ -110,12 +115,14 @@ def _time_level(s: SealSession, cts: list, pts: list, can_rescale: bool) -> dict
     t_mulp = timed(lambda i: ev.multiply_plain(cts[i], pts[i]))
     acc = s.seal.Ciphertext(cts[0])  # same scale as the others
     t_add = timed(lambda i: ev.add_inplace(acc, cts[i]))
-    sq: list = []
-    t_sq = timed(lambda i: sq.append(ev.square(cts[i])))
+    # results are dropped or overwritten in place, so the pool reuses its buffers: a result
+    # kept in fresh memory pays its page faults (~10 µs each here, 3,300 for one 13 MB
+    # ciphertext), which a long run amortizes — the figures below favour SEAL
+    t_sq = timed(lambda i: ev.square(cts[i]))
     t_mul = timed(lambda i: ev.multiply(cts[i], cts[(i + 1) % reps]))
-    rl: list = []
-    t_relin = timed(lambda i: rl.append(ev.relinearize(sq[i], s.rk)))
-    t_rescale = timed(lambda i: ev.rescale_to_next(rl[i])) if can_rescale else 0.0
+    sq = [ev.square(c) for c in cts]
+    t_relin = timed(lambda i: ev.relinearize_inplace(sq[i], s.rk))
+    t_rescale = timed(lambda i: ev.rescale_to_next_inplace(sq[i])) if can_rescale else 0.0
     return {
         "mac": t_mulp + t_add,
         "add": t_add,
@@ -299,12 +306,22 @@ class SealEstimate:
     per_op: dict[tuple[str, int], float]
 
 
-def seal_estimate(plan: Plan, reps: int = 4) -> SealEstimate:
+def seal_estimate(plan: Plan, reps: int = 4, *, own_process: bool = True) -> SealEstimate:
     """Time SEAL's operations at the plan's parameters and levels; weight them by the plan's
-    operation counts."""
+    operation counts.
+
+    ``own_process``: time SEAL in a short-lived child process. SEAL's memory pool keeps what
+    it allocated (keys of ~0.2 GB each at N = 2^15, its ciphertexts) until the process ends,
+    which would otherwise sit beside the benchmark's own encrypted run and count in its peak
+    resident set."""
     per_node = node_op_counts(plan)
     levels = sorted({lvl for counts in per_node.values() for _, lvl in counts})
-    per_op = seal_op_seconds(plan.params, levels or [plan.params.max_level], reps=reps)
+    args = (plan.params, levels or [plan.params.max_level], reps)
+    if own_process:
+        with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
+            per_op = pool.submit(seal_op_seconds, *args).result()
+    else:
+        per_op = seal_op_seconds(*args)
     by_kind: dict[str, float] = dict.fromkeys(OPS, 0.0)
     by_node: dict[str, float] = {}
     for name, counts in per_node.items():

@@ -11,6 +11,9 @@ than memory never has to be resident whole.
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
+import gc
 import mmap
 import resource
 import sys
@@ -52,6 +55,25 @@ def peak_rss() -> int:
         return found
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return peak if sys.platform == "darwin" else peak * 1024  # bytes on macOS, KiB on Linux
+
+
+def release_free_heap() -> bool:
+    """Collect garbage and hand the C heap's free pages back to the OS; False where that is
+    not possible (no glibc).
+
+    glibc keeps freed memory in its arenas for reuse, so a process that built large temporaries
+    (a model's calibration pass, keys, encryption) keeps them resident after they are gone —
+    resident set another process could use, and noise in the peak a run reports."""
+    gc.collect()
+    name = ctypes.util.find_library("c")
+    try:
+        trim = ctypes.CDLL(name).malloc_trim if name else None
+    except (OSError, AttributeError):
+        trim = None
+    if trim is None:
+        return False
+    trim(0)
+    return True
 
 
 def file_mapping(a: np.ndarray) -> tuple[mmap.mmap, int] | None:
