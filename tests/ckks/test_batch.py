@@ -61,6 +61,24 @@ def test_add_sub_neg_const_plain(ctx, keys, rng):
     assert np.abs(decrypt(ctx, cx.add_plain(y), sk) - (x + y)).max() < TOL
 
 
+def test_add_const_in_place_equals_add_const(ctx, keys, rng):
+    """The in-place constant (a layer's bias on its fresh sums) gives add_const's residues bit
+    for bit, on 2 and 3 components, changes only c0, and refuses a read-only batch."""
+    _sk, pk, _ = keys
+    consts = np.array([0.5, -2.0, 3.25])
+    for c in (encrypt(ctx, _x(rng, ctx=ctx), pk), encrypt(ctx, _x(rng, ctx=ctx), pk).square()):
+        want = c.add_const(consts)
+        mine = CiphertextBatch(ctx, c.data.copy(), c.scale)
+        got = mine.add_const_in_place(consts)
+        assert got is mine and np.array_equal(got.data, want.data)
+        assert np.array_equal(got.data[:, 1:], c.data[:, 1:])
+        assert not np.array_equal(got.data[:, 0], c.data[:, 0])
+    frozen = CiphertextBatch(ctx, c.data.copy(), c.scale)
+    frozen.data.flags.writeable = False
+    with pytest.raises(ParameterError, match="writable"):
+        frozen.add_const_in_place(consts)
+
+
 def test_scalar_and_plain_multiplication(ctx, keys, rng):
     sk, pk, _ = keys
     x, y = _x(rng, ctx=ctx), _x(rng, ctx=ctx)
@@ -418,9 +436,26 @@ def test_kernel_warmup_compiles_what_the_executor_uses(ctx, keys):
         kernels.rescale_lift2,
         kernels.add_mod_rows,
         kernels.add_scalar_mod,
+        kernels.add_c0_constants,
         kernels.reduce_digit_products,
         kernels.gather_centered,
         kernels.ntt_forward,
         kernels.ntt_inverse,
     ):
         assert k.signatures, k.py_func.__name__
+
+
+def test_key_switch_digit_by_digit_equals_decompose_then_switch(ctx, keys, rng):
+    """The relinearization's fused key switch (each digit extended and multiplied by the key at
+    once) gives the residues of the hoisting path (all digits first, then the inner product)."""
+    from hecnn.ckks.keyswitch import decompose, key_switch, switch_decomposed
+
+    _sk, pk, evk = keys
+    d = np.ascontiguousarray(encrypt(ctx, _x(rng, ctx=ctx), pk).square().data[:, 2])
+    lvl = ctx.params.max_level
+    fused = key_switch(ctx, d, lvl, evk.relin_key())
+    staged = switch_decomposed(ctx, decompose(ctx, d, lvl), lvl, evk.relin_key())
+    for a, b in zip(fused, staged, strict=True):
+        assert np.array_equal(a, b)
+    with pytest.raises(ParameterError, match="does not match level"):
+        key_switch(ctx, d[:, :-1], lvl, evk.relin_key())

@@ -165,13 +165,17 @@ def node_op_counts(plan: Plan) -> dict[str, Counter]:
             c.add("mac", lvl, n.macs * cin / 2)
             if n.bias is not None:
                 c.add("add", lvl, n.features / 2)  # a constant touches c0 only
-            out_lvl = lvl
-            if n.rescale and n.depth:
-                for k in range(n.depth):  # and the input's deferred rescales
-                    c.add("rescale", lvl - k, n.features * cin / 2)
-                out_lvl = lvl - 1
-            if n.relin_after and cin > 2:
-                c.add("relin", out_lvl, n.features)
+            # as ``relinearize_then_rescale``: the relinearization before the rescales, or
+            # after the first two of three
+            rescales = n.depth if n.rescale else 0
+            relin_at = 2 if rescales >= 3 else 0
+            cout = cin
+            for k in range(max(rescales, relin_at + 1)):
+                if k == relin_at and n.relin_after and cin > 2:
+                    c.add("relin", lvl - k, n.features)
+                    cout = 2
+                if k < rescales:  # its own rescale and the input's deferred ones
+                    c.add("rescale", lvl - k, n.features * cout / 2)
         elif isinstance(n, PolyNode):
             _poly_ops(c, n, cin)
         elif isinstance(n, AddNode):

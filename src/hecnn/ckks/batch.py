@@ -180,6 +180,29 @@ class CiphertextBatch:
         per_row[:, 0] = res
         return self._like(self.ctx.add_row_scalars(self.data, per_row, self.idx))
 
+    def add_const_in_place(self, values: float | np.ndarray) -> CiphertextBatch:
+        """:meth:`add_const` written into this batch's own array (returned for chaining).
+
+        Only for a batch its caller has just computed and holds alone (a layer's fresh sums):
+        it saves a new array the size of the batch — whose first touch costs a page fault per
+        4 KiB — and a pass over the components a constant does not change. Bit for bit what
+        :meth:`add_const` gives."""
+        v = np.broadcast_to(np.asarray(values, dtype=np.float64), (len(self),))
+        if type(self) is not CiphertextBatch or not self.data.flags.c_contiguous:
+            return self.add_const(v)  # another array backend, or a view: a new batch
+        if not self.data.flags.writeable:
+            raise ParameterError(
+                "add_const_in_place needs a writable batch (a file-mapped one is not)"
+            )
+        res = np.ascontiguousarray(self._encode_constants(np.round(v * self.scale)))
+        limb_primes = np.ascontiguousarray(self.ctx.primes[self.idx], dtype=np.int64)
+        self.ctx.parallel(
+            len(self),
+            lambda lo, hi: kernels.add_c0_constants(self.data, res, lo, hi, limb_primes),
+            work=self.data[:, 0].size,
+        )
+        return self
+
     def _encode_constants(self, enc: np.ndarray) -> np.ndarray:
         """Residues (B, limbs) of integer-valued floats (exact beyond 2^63 too: see reduce_int)."""
         if not np.all(np.isfinite(enc)):

@@ -328,6 +328,20 @@ def add_scalar_mod(a, s, out, mod_idx, primes):
 
 
 @nb.njit(nogil=True, cache=True)
+def add_c0_constants(data, res, lo, hi, limb_primes):
+    """data[i, 0, l] += res[i, l] mod q_l in place for ciphertexts lo..hi: a constant per
+    ciphertext added to its c0 (data (B, C, L, N), res (B, L) reduced residues)."""
+    limbs, n = data.shape[2], data.shape[3]
+    for i in range(lo, hi):
+        for li in range(limbs):
+            q = np.int64(limb_primes[li])
+            c = np.int64(res[i, li])
+            row = data[i, 0, li]
+            for j in range(n):
+                row[j] = _addmod(row[j], c, q)
+
+
+@nb.njit(nogil=True, cache=True)
 def mul_bcast(a, b, out, mod_idx, primes):
     """out[p, r] = a[p, r]·b[r] mod q_r: a (P, R, N), b (R, N) shared by every p."""
     npoly, rows, n = a.shape

@@ -21,30 +21,58 @@ from hecnn.errors import ParameterError
 def key_switch(
     ctx: CkksContext, d: np.ndarray, level: int, key: SwitchingKey
 ) -> tuple[np.ndarray, np.ndarray]:
-    """(P, ℓ+1, N) NTT-form polynomials → (c0, c1), each (P, ℓ+1, N) NTT form."""
-    return switch_decomposed(ctx, decompose(ctx, d, level), level, key)
+    """(P, ℓ+1, N) NTT-form polynomials → (c0, c1), each (P, ℓ+1, N) NTT form.
+
+    Digit by digit: each extended digit goes into the key's inner product as soon as it is
+    made, so one digit's extension (not all of them) is alive beside the accumulators — a
+    working set a few times smaller, which the two threads' key switches share the cache
+    with. The same operations in the same order as ``switch_decomposed(decompose(…))``."""
+    idx_qp, d_coeff = _coefficients(ctx, d, level)
+    _check_key(ctx, key)
+    key_limbs = key.limbs_for(level)
+    acc = np.zeros((2, d.shape[0], len(idx_qp), ctx.n), dtype=np.int32)
+    for j, grp in enumerate(digits(ctx.params, level)):
+        ext = _extend_digit(ctx, d, d_coeff, grp, idx_qp)
+        kj = key.data[j][:, key_limbs]
+        for c in range(2):
+            ctx.mul_broadcast(ext, kj[c], idx_qp, acc=acc[c])
+    return mod_down(ctx, acc[0], level), mod_down(ctx, acc[1], level)
 
 
 def decompose(ctx: CkksContext, d: np.ndarray, level: int) -> list[np.ndarray]:
     """ModUp: the digits [d]_{D_j} of (P, ℓ+1, N) NTT-form polynomials, each extended to Q_ℓ·P
     (NTT form, (P, ℓ+1+k, N)). Shared by every key switch of the same d — the expensive half
     of a rotation that hoisting does once for many rotation steps."""
+    idx_qp, d_coeff = _coefficients(ctx, d, level)
+    return [_extend_digit(ctx, d, d_coeff, grp, idx_qp) for grp in digits(ctx.params, level)]
+
+
+def _coefficients(ctx: CkksContext, d: np.ndarray, level: int) -> tuple[np.ndarray, np.ndarray]:
+    """(the Q_ℓ·P prime indices, d in coefficient form) after checking d's shape."""
     idx_q = ctx.data_idx(level)
-    idx_qp = ctx.qp_idx(level)
-    nq, nqp = len(idx_q), len(idx_qp)
-    if d.ndim != 3 or d.shape[1] != nq:
+    if d.ndim != 3 or d.shape[1] != len(idx_q):
         raise ParameterError(f"key switch input shape {d.shape} does not match level {level}")
-    d_coeff = ctx.intt(d.copy(), idx_q)
-    exts = []
-    for grp in digits(ctx.params, level):
-        others = np.setdiff1d(np.arange(nqp), grp)  # positions in Q_ℓ·P other than the digit
-        conv = ctx.base_convert(np.ascontiguousarray(d_coeff[:, grp]), grp, idx_qp[others])
-        ctx.ntt(conv, idx_qp[others])
-        ext = np.empty((d.shape[0], nqp, ctx.n), dtype=np.int32)
-        ext[:, others] = conv
-        ext[:, grp] = d[:, grp]
-        exts.append(ext)
-    return exts
+    return ctx.qp_idx(level), ctx.intt(d.copy(), idx_q)
+
+
+def _extend_digit(
+    ctx: CkksContext, d: np.ndarray, d_coeff: np.ndarray, grp: np.ndarray, idx_qp: np.ndarray
+) -> np.ndarray:
+    """One digit [d]_{D_j} extended to Q_ℓ·P (NTT form): its own limbs are d's, the others a
+    fast base conversion of its coefficients, transformed."""
+    nqp = len(idx_qp)
+    others = np.setdiff1d(np.arange(nqp), grp)  # positions in Q_ℓ·P other than the digit
+    conv = ctx.base_convert(np.ascontiguousarray(d_coeff[:, grp]), grp, idx_qp[others])
+    ctx.ntt(conv, idx_qp[others])
+    ext = np.empty((d.shape[0], nqp, ctx.n), dtype=np.int32)
+    ext[:, others] = conv
+    ext[:, grp] = d[:, grp]
+    return ext
+
+
+def _check_key(ctx: CkksContext, key: SwitchingKey) -> None:
+    if key.params != ctx.params:
+        raise ParameterError("switching key belongs to a different parameter set")
 
 
 def switch_decomposed(
@@ -61,8 +89,7 @@ def switch_decomposed(
     and the base conversion's error stays a multiple of Q_j), so σ(decompose(d)) is a valid
     decomposition of σ(d): a hoisted rotation.
     """
-    if key.params != ctx.params:
-        raise ParameterError("switching key belongs to a different parameter set")
+    _check_key(ctx, key)
     idx_qp = ctx.qp_idx(level)
     nqp = len(idx_qp)
     key_limbs = key.limbs_for(level)

@@ -240,7 +240,7 @@ def linear_combination(
         bvec = np.asarray(bias, dtype=np.float64)
         if bvec.shape != (sw.out_features,):
             raise ShapeError(f"bias must have shape ({sw.out_features},), got {bvec.shape}")
-        result = result.add_const(bvec)
+        result = result.add_const_in_place(bvec)  # ``out`` is this call's own
     return result
 
 

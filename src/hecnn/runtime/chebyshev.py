@@ -33,12 +33,16 @@ def mul_coeff(x: CiphertextBatch, coeff, scale: float) -> CiphertextBatch:
     return x.mul_scalar(coeff, scale=scale)
 
 
-def add_coeff(x: CiphertextBatch, coeff) -> CiphertextBatch:
+def add_coeff(x: CiphertextBatch, coeff, *, in_place: bool = False) -> CiphertextBatch:
     """x + coeff, per ciphertext or per slot like :func:`mul_coeff`; x itself when coeff is
-    all zeros (a folded polynomial's constant went to its consumers' bias)."""
+    all zeros (a folded polynomial's constant went to its consumers' bias). ``in_place``: a
+    per-ciphertext constant is written into x's own array (x must be the caller's alone; see
+    :meth:`CiphertextBatch.add_const_in_place`)."""
     if not np.any(coeff):
         return x
-    return x.add_plain(coeff) if np.ndim(coeff) == 2 else x.add_const(coeff)
+    if np.ndim(coeff) == 2:
+        return x.add_plain(coeff)
+    return x.add_const_in_place(coeff) if in_place else x.add_const(coeff)
 
 
 def _scaled(y: CiphertextBatch, coeff, scale: float) -> CiphertextBatch:

@@ -380,7 +380,8 @@ def _poly_chunk(
             acc = x.square()
             for t in sch.terms[1:]:
                 acc = acc + mul_coeff(x, coeffs[t.power], x.scale)
-        return add_coeff(relinearize_then_rescale(n, acc, keys), coeffs[0])
+        # ``acc`` and what is made of it are this call's own: the constant goes in place
+        return add_coeff(relinearize_then_rescale(n, acc, keys), coeffs[0], in_place=True)
     powers: dict[int, CiphertextBatch] = {1: x}
     for k in sch.powers:
         if k == 1:
