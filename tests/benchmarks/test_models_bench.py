@@ -13,13 +13,17 @@ from hecnn.compile import compile_bundled
 pytest.importorskip("seal")
 
 
-def test_cryptonets_row_agrees_with_plaintext_and_has_a_seal_estimate():
+@pytest.mark.parametrize("server_process", [True, False])
+def test_cryptonets_row_agrees_with_plaintext_and_has_a_seal_estimate(server_process):
+    """Both ways of running the server's side — a process of its own (the benchmark's) and
+    the client's process — give the plaintext model's labels."""
     row = bench_row(
         "cryptonets_mnist",
         batch=64,
         insecure_ring_for_tests=1 << 12,
         seal_reps=1,
         log=lambda _msg: None,
+        server_process=server_process,
     )
     assert row.status == "ok" and row.batch == 64 and row.n == 1 << 12
     assert row.agreement == 100.0 and row.max_error < 5e-2
@@ -49,3 +53,21 @@ def test_op_counts_follow_the_plan():
     relins = sum(v for (op, _), v in total.items() if op == "relin")
     assert relins == sum(plan.relinearizations().values())
     assert set(per_node) == {n.name for n in plan.nodes}
+
+
+def test_server_process_refuses_a_secret_key():
+    """The benchmark's server process loads its keys as evaluation keys: handed a secret key
+    instead, it refuses before running anything."""
+    from hecnn.benchmarks.models import _serve_in_child
+    from hecnn.ckks.context import CkksContext
+    from hecnn.ckks.keys import KeyGenerator
+    from hecnn.ckks.serialize import dumps
+    from hecnn.compile.serialize import dumps_plan
+    from hecnn.errors import HecnnError
+
+    plan = compile_bundled(
+        "ishiyama_mnist_poly_element_kd", batch=64, insecure_ring_for_tests=1 << 12
+    )
+    sk = KeyGenerator(CkksContext(plan.params)).secret_key()
+    with pytest.raises(HecnnError, match="secret"):
+        _serve_in_child(dumps_plan(plan), dumps(sk), "unused.npy", 1.0, 2**30, 60.0, {}, "t")

@@ -9,7 +9,9 @@ resident memory is measured over the run.
 
 The client writes the encrypted batch to a file, a group of features at a time, and the server
 maps it (as a server receiving an upload would): a streamed first layer then keeps only the
-rows it still needs resident (see :mod:`hecnn.runtime.streaming`).
+rows it still needs resident (see :mod:`hecnn.runtime.streaming`). The server runs in a process
+of its own, given the serialized plan, the public evaluation keys and the file's path, so the
+peak memory reported is the server's alone.
 
 A row whose streamed memory estimate exceeds the memory available is not started (it says how
 much it needs). A run that passes ``time_limit`` seconds is stopped; the row reports how far it
@@ -23,11 +25,13 @@ operation counts; single-threaded, as SEAL runs.
 from __future__ import annotations
 
 import contextlib
+import multiprocessing
 import os
 import platform
 import tempfile
 import time
 from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -42,8 +46,12 @@ from hecnn.ckks.batch import CiphertextBatch
 from hecnn.ckks.context import CkksContext
 from hecnn.ckks.encryption import encrypt
 from hecnn.ckks.keys import KeyGenerator
+from hecnn.ckks.serialize import Kind
+from hecnn.ckks.serialize import dumps as ckks_dumps
+from hecnn.ckks.serialize import loads as ckks_loads
 from hecnn.compile import compile_model
 from hecnn.compile.ir import Plan
+from hecnn.compile.serialize import dumps_plan, loads_plan
 from hecnn.compile.streaming import default_memory_budget, plan_streaming
 from hecnn.errors import HecnnError
 from hecnn.runtime import RunReport, decrypt_outputs, pack, run
@@ -178,6 +186,83 @@ class _TimeLimitError(Exception):
     """Raised from the progress callback when the run passes its time limit."""
 
 
+@dataclass
+class _Served:
+    """What the server's side hands back: the outputs' residues and scale (None when stopped
+    at the time limit), wall and CPU seconds, how far it got, and the run's report."""
+
+    out: tuple[np.ndarray, float] | None
+    seconds: float
+    cpu_s: float
+    fraction: float
+    at: str
+    report: RunReport
+
+
+def _serve(
+    plan: Plan,
+    ct: CiphertextBatch,
+    evk,
+    budget: int,
+    time_limit: float,
+    weights: dict[str, float],
+    name: str,
+    log: Callable[[str], None],
+) -> _Served:
+    """Run the plan on the encrypted batch with a progress line a minute; stop past
+    ``time_limit`` seconds, saying how far the run got (by the SEAL op-count weights)."""
+    state = {"fraction": 0.0, "at": ""}
+    started = time.perf_counter()
+    last_log = [started]
+
+    def progress(node: str, i: int, total: int) -> None:
+        state["fraction"] = _fraction_done(plan, weights, node, i)
+        state["at"] = node
+        now = time.perf_counter()
+        if now - last_log[0] > 60:
+            last_log[0] = now
+            log(f"{name}: {now - started:.0f} s, {100 * state['fraction']:.1f} % — {node}")
+        if now - started > time_limit:
+            raise _TimeLimitError
+
+    report = RunReport()
+    cpu0 = time.process_time()
+    try:
+        out = run(plan, ct, evk, report=report, memory_budget=budget, progress=progress)
+    except _TimeLimitError:
+        frac = max(state["fraction"], 1e-9)
+        elapsed, cpu = time.perf_counter() - started, time.process_time() - cpu0
+        return _Served(None, elapsed, cpu, frac, state["at"], report)
+    elapsed, cpu = time.perf_counter() - started, time.process_time() - cpu0
+    return _Served((np.asarray(out.data), out.scale), elapsed, cpu, 1.0, "", report)
+
+
+def _serve_in_child(
+    plan_bytes: bytes,
+    keys_bytes: bytes,
+    input_path: str,
+    scale: float,
+    budget: int,
+    time_limit: float,
+    weights: dict[str, float],
+    name: str,
+) -> _Served:
+    """The server's side in a process of its own: it loads the plan and the public evaluation
+    keys, maps the client's ciphertext file, and runs. It holds nothing of the client's — the
+    model, the images, SEAL, the secret key (never sent) — so its peak resident set is what a
+    server needs, not the sum of both sides' leftovers."""
+    plan = loads_plan(plan_bytes)
+    ctx = CkksContext(plan.params)
+    evk = ckks_loads(keys_bytes, ctx, expect=Kind.EVALUATION_KEYS)
+    ct = CiphertextBatch(ctx, np.asarray(np.load(input_path, mmap_mode="r")), scale)
+    release_free_heap()
+    return _serve(plan, ct, evk, budget, time_limit, weights, name, _print_now)
+
+
+def _print_now(msg: str) -> None:
+    print(msg, flush=True)  # the child's progress lines, into the parent's output
+
+
 def _plain_logits(model: nn.Module, x: np.ndarray) -> np.ndarray:
     out = []
     with torch.no_grad():
@@ -196,9 +281,12 @@ def bench_row(
     batch: int | None = None,
     insecure_ring_for_tests: int | None = None,
     log: Callable[[str], None] = print,
+    server_process: bool = True,
 ) -> ModelRow:
     """Measure one model row (see the module doc). ``batch`` and ``insecure_ring_for_tests``
-    exist for unit tests; the benchmark uses the real defaults."""
+    exist for unit tests; the benchmark uses the real defaults. ``server_process``: run the
+    server's side in a process of its own (the default, see :func:`_serve_in_child`), or in
+    this one beside the client's leftovers."""
     model, dataset, source = load_model(name, weights_dir)
     row = ModelRow(name, source)
     t0 = time.perf_counter()
@@ -244,7 +332,8 @@ def bench_row(
     resident["images and keygen"] = current_rss()
     with tempfile.TemporaryDirectory(prefix="hecnn-bench-") as tmp:
         t0 = time.perf_counter()
-        ct = _encrypt_to_file(plan, ctx, pk, images, Path(tmp) / "inputs.npy")
+        ct_path = Path(tmp) / "inputs.npy"
+        ct = _encrypt_to_file(plan, ctx, pk, images, ct_path)
         row.stages["encrypt"] = time.perf_counter() - t0
         log(f"{name}: encrypted {len(ct)} ciphertexts in {row.stages['encrypt']:.1f} s")
         resident["encrypt"] = current_rss()
@@ -255,43 +344,29 @@ def bench_row(
             + ", ".join(f"{k} {v / 2**30:.2f} GiB" for k, v in resident.items())
         )
         weights = _progress_weights(plan, row.seal)
-        state = {"fraction": 0.0, "at": ""}
-        started = time.perf_counter()
-        last_log = [started]
-
-        def progress(node: str, i: int, total: int) -> None:
-            state["fraction"] = _fraction_done(plan, weights, node, i)
-            state["at"] = node
-            now = time.perf_counter()
-            if now - last_log[0] > 60:
-                last_log[0] = now
-                log(f"{name}: {now - started:.0f} s, {100 * state['fraction']:.1f} % — {node}")
-            if now - started > time_limit:
-                raise _TimeLimitError
-
-        report = RunReport()
-        cpu0 = time.process_time()
-        try:
-            out = run(plan, ct, evk, report=report, memory_budget=budget, progress=progress)
-        except _TimeLimitError:
-            elapsed = time.perf_counter() - started
-            frac = max(state["fraction"], 1e-9)
+        if server_process:  # the server's side as its own process, as ``hecnn infer`` runs
+            args = (dumps_plan(plan), ckks_dumps(evk), str(ct_path), ct.scale, budget)
+            del ct
+            with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
+                served = pool.submit(_serve_in_child, *args, time_limit, weights, name).result()
+        else:
+            served = _serve(plan, ct, evk, budget, time_limit, weights, name, log)
+            del ct
+        report = served.report
+        row.peak_rss, row.peak_held = report.peak_rss, report.peak_held
+        row.rss_at_start = report.rss_at_start
+        if served.out is None:  # stopped at the time limit
             row.status = "stopped"
-            row.server_s = elapsed / frac
-            row.cpu_s = (time.process_time() - cpu0) / frac
-            row.peak_rss, row.peak_held = report.peak_rss, report.peak_held
-            row.rss_at_start = report.rss_at_start
+            row.server_s = served.seconds / served.fraction
+            row.cpu_s = served.cpu_s / served.fraction
             row.note = (
-                f"stopped after {elapsed:.0f} s at {state['at']} ({100 * frac:.1f} % of the "
-                f"estimated work): server time {row.server_s:.0f} s projected"
+                f"stopped after {served.seconds:.0f} s at {served.at} ({100 * served.fraction:.1f}"
+                f" % of the estimated work): server time {row.server_s:.0f} s projected"
             )
             log(f"{name}: {row.note}")
             return row
-        row.server_s = time.perf_counter() - started
-        row.cpu_s = time.process_time() - cpu0
-        row.peak_rss, row.peak_held = report.peak_rss, report.peak_held
-        row.rss_at_start = report.rss_at_start
-        del ct
+        row.server_s, row.cpu_s = served.seconds, served.cpu_s
+        out = CiphertextBatch(ctx, served.out[0], served.out[1])
     t0 = time.perf_counter()
     logits = decrypt_outputs(ctx, sk, out, row.batch)
     row.stages["decrypt"] = time.perf_counter() - t0
