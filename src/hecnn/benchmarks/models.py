@@ -25,13 +25,11 @@ operation counts; single-threaded, as SEAL runs.
 from __future__ import annotations
 
 import contextlib
-import multiprocessing
 import os
 import platform
 import tempfile
 import time
 from collections.abc import Callable
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -41,6 +39,7 @@ from rich.console import Console
 from rich.table import Table
 from torch import nn
 
+from hecnn.benchmarks.isolated import in_own_process
 from hecnn.benchmarks.seal_ops import SealEstimate, seal_estimate
 from hecnn.ckks.batch import CiphertextBatch
 from hecnn.ckks.context import CkksContext
@@ -347,8 +346,7 @@ def bench_row(
         if server_process:  # the server's side as its own process, as ``hecnn infer`` runs
             args = (dumps_plan(plan), ckks_dumps(evk), str(ct_path), ct.scale, budget)
             del ct
-            with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
-                served = pool.submit(_serve_in_child, *args, time_limit, weights, name).result()
+            served = in_own_process(_serve_in_child, *args, time_limit, weights, name)
         else:
             served = _serve(plan, ct, evk, budget, time_limit, weights, name, log)
             del ct

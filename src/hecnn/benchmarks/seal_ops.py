@@ -13,14 +13,13 @@ count it), so it favours SEAL.
 
 from __future__ import annotations
 
-import multiprocessing
 import time
 from collections import Counter
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
 
+from hecnn.benchmarks.isolated import in_own_process
 from hecnn.ckks.params import CkksParameters
 from hecnn.compile.chebyshev import chebyshev_schedule, t_depth, t_factors
 from hecnn.compile.ir import AddNode, AffineNode, Plan, PolyNode
@@ -321,11 +320,7 @@ def seal_estimate(plan: Plan, reps: int = 4, *, own_process: bool = True) -> Sea
     per_node = node_op_counts(plan)
     levels = sorted({lvl for counts in per_node.values() for _, lvl in counts})
     args = (plan.params, levels or [plan.params.max_level], reps)
-    if own_process:
-        with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
-            per_op = pool.submit(seal_op_seconds, *args).result()
-    else:
-        per_op = seal_op_seconds(*args)
+    per_op = in_own_process(seal_op_seconds, *args) if own_process else seal_op_seconds(*args)
     by_kind: dict[str, float] = dict.fromkeys(OPS, 0.0)
     by_node: dict[str, float] = {}
     for name, counts in per_node.items():
