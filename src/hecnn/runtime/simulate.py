@@ -30,7 +30,7 @@ def simulate_nodes(plan: Plan, images: np.ndarray) -> dict[str, np.ndarray]:
             out = np.zeros((n.weights.out_features, v.shape[1]))
             for b in n.weights.blocks:
                 out[b.out_idx] += b.weights @ v[b.in_idx]
-            vals[n.name] = out + n.bias[:, None]
+            vals[n.name] = out if n.bias is None else out + n.bias[:, None]  # bias optional
         elif isinstance(n, PolyNode) and n.chebyshev:
             vals[n.name] = chebyshev_values(n.coeffs, vals[n.inputs[0]] / n.radius)
         elif isinstance(n, PolyNode):
