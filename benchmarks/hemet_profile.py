@@ -42,6 +42,7 @@ from hecnn.ckks.keys import KeyGenerator
 from hecnn.compile import compile_model
 from hecnn.runtime import decrypt_outputs
 from hecnn.runtime.executor import RunReport, run
+from hecnn.runtime.memory import release_free_heap
 
 
 class _StopError(Exception):
@@ -115,6 +116,7 @@ def main() -> None:
     report = RunReport()
     with tempfile.TemporaryDirectory(prefix="hecnn-profile-") as tmp:
         ct = _encrypt_to_file(plan, ctx, pk, images, Path(tmp) / "inputs.npy")
+        release_free_heap()  # as ``hecnn bench models`` does: encryption's freed heap
         print(
             "before the run:", ", ".join(f"{k} {v:.2f} GiB" for k, v in _RssSampler.now().items())
         )

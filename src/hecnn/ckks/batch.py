@@ -442,7 +442,7 @@ class CiphertextBatch:
         last = np.ascontiguousarray(rows[:, lvl])
         ctx.intt(last.reshape(-1, 1, ctx.n), np.array([lvl]))
         lifted = np.empty((rows.shape[0], lvl, ctx.n), dtype=np.int32)
-        out = np.empty_like(lifted)
+        out = lifted  # combined in place (elementwise): no second batch-sized array
         inv = np.array([pow(q_last, -1, int(ctx.primes[i])) for i in low_idx], dtype=np.int64)
 
         def lift(lo: int, hi: int) -> None:
@@ -481,7 +481,7 @@ class CiphertextBatch:
         top = np.ascontiguousarray(rows[:, lvl - 1 :])  # (B·C, 2, N)
         ctx.intt(top, np.array([lvl - 1, lvl]))
         lifted = np.empty((rows.shape[0], lvl - 1, ctx.n), dtype=np.int32)
-        out = np.empty_like(lifted)
+        out = lifted  # combined in place, as in rescale
         big = q_hi * q_lo
         inv = np.array([pow(big, -1, int(ctx.primes[i])) for i in low_idx], dtype=np.int64)
         q_lo_inv = np.int64(pow(q_lo, -1, q_hi))

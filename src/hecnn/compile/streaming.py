@@ -518,36 +518,44 @@ def simulate_segment(
             held[k] -= len(w.computed(whole)) * in_ct[k]
             yield idx
 
-    def take(k: int, idx: np.ndarray) -> Iterator[np.ndarray]:
-        """Node k takes in the piece ``idx`` (its input's features); yields what it produces."""
+    def take(k: int, idx: np.ndarray, release: int) -> Iterator[np.ndarray]:
+        """Node k takes in the piece ``idx`` (its input's features) and, as its last consumer,
+        ``release``s it from the bytes in flight; yields what it produces."""
+        nonlocal inflight
         if isinstance(nodes[k], ConcatNode):  # renumbered, nothing computed
+            inflight -= release
             yield idx
         elif windows[k] is not None:
             w = windows[k]
             done, unused = w.deliver(idx)
             held[k] += (len(idx) - len(unused)) * in_ct[k]
+            inflight -= release
             done_rows[k] += [(b, len(w.blocks[b].out_idx)) for b in done]
             if sum(rows for _, rows in done_rows[k]) >= piece_size(chunk):
                 yield from compute(k)
         elif gathers[k] is None:  # elementwise: the same features go on
-            note(len(idx) * in_ct[k] + working_bytes(plan, nodes[k], len(idx)))
+            note(working_bytes(plan, nodes[k], len(idx)))  # its input is in flight
+            inflight -= release
             yield idx
         else:
             inbuf[k].append(idx)
             held[k] += len(idx) * in_ct[k]
+            inflight -= release  # moved into the buffer
             if sum(map(len, inbuf[k])) >= chunk:
                 yield from deliver(k)
 
     def push(k: int, items: Iterable[np.ndarray]) -> None:
         """Node k produces ``items`` one piece at a time, as the runtime's generators do: each
-        goes to every consumer in the segment, and stays in flight until they have taken it."""
+        goes to every consumer in the segment, and stays in flight until the last of them has
+        taken it in (the runtime's :class:`~hecnn.runtime.streaming._Piece`)."""
         nonlocal inflight
         for idx in items:
             size = len(idx) * out_ct[k]
             inflight += size
-            for k2, offset in succ[k]:
-                push(k2, take(k2, idx + offset))
-            inflight -= size
+            if not succ[k]:  # the sink: stored in the segment's output
+                inflight -= size
+            for j, (k2, offset) in enumerate(succ[k]):
+                push(k2, take(k2, idx + offset, size if j == len(succ[k]) - 1 else 0))
 
     pieces = list(head_chunks(nodes[0], piece_size(chunk)))
     resident = np.zeros(len(pieces) + 1, dtype=np.int64)

@@ -255,8 +255,10 @@ def _affine(
     if weights is None:
         weights, bias = n.weights, n.bias
     extra = {} if exponent is None else {"exponent": exponent}  # streamed pieces share it
-    y = x.linear_combination(weights, bias=bias, weight_scale=_weight_scale(n, x), **extra)
-    return relinearize_then_rescale(n, y, keys)
+    # the product goes straight into the call: no local keeps it past its relinearization
+    return relinearize_then_rescale(
+        n, x.linear_combination(weights, bias=bias, weight_scale=_weight_scale(n, x), **extra), keys
+    )
 
 
 def _affine_pieces(n: AffineNode, x: CiphertextBatch, keys: EvaluationKeys) -> CiphertextBatch:

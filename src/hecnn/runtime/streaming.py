@@ -14,7 +14,11 @@ receives into what it passes on:
 
 Stages are generators: a piece a stage produces goes down the chain before the stage computes
 its next one, so at most one piece per stage is in flight (a list of every piece of a flush
-held at once had cost 40 % more memory than the stage buffers).
+held at once had cost 40 % more memory than the stage buffers). A piece is handed over in a
+:class:`_Piece` that its consumers *take* from: once the last one has taken it, no frame up
+the chain still references the ciphertexts (a generator's locals live until it resumes, so a
+product its stage had yielded stayed alive while everything downstream of it ran — about a
+gigabyte of pieces at N = 2^15).
 """
 
 from __future__ import annotations
@@ -50,6 +54,36 @@ from hecnn.errors import ParameterError, ScaleError
 from hecnn.runtime.memory import file_mapping, release_rows
 
 Chunk = tuple[np.ndarray, CiphertextBatch]  # (global feature indices, their ciphertexts)
+
+
+class _Piece:
+    """Features ``idx`` and their ciphertexts, handed down the chain: each of its ``takers``
+    calls :meth:`take` once, and the last take drops the piece's own reference, so the
+    ciphertexts live exactly as long as a consumer still needs them.
+
+    Producers build a piece from an expression (``_Piece(idx, f(...))``), never from a local
+    they keep, and consumers ``del`` what they took once used: a generator's locals otherwise
+    outlive the yield by everything that runs downstream."""
+
+    __slots__ = ("_batch", "idx", "takers")
+
+    def __init__(self, idx: np.ndarray, batch: CiphertextBatch) -> None:
+        self.idx, self._batch, self.takers = idx, batch, 1
+
+    def take(self) -> CiphertextBatch:
+        batch = self._batch
+        if batch is None or self.takers < 1:
+            raise ParameterError("a streamed piece was taken more often than it has consumers")
+        self.takers -= 1
+        if self.takers == 0:
+            self._batch = None
+        return batch
+
+
+def _template(x: CiphertextBatch) -> CiphertextBatch:
+    """x's first ciphertext, copied: context, level, scale and components for the rest of the
+    stream (a view would keep x's whole piece alive for the whole run)."""
+    return CiphertextBatch(x.ctx, x.data[:1].copy(), x.scale)
 
 
 def _relinearize_as_planned(n: Node, y: CiphertextBatch, keys: EvaluationKeys) -> CiphertextBatch:
@@ -94,11 +128,14 @@ class _PolyStage:
         self.node, self.keys, self.poly = n, keys, poly
         self.held = 0
 
-    def push(self, idx: np.ndarray, x: CiphertextBatch) -> Iterator[Chunk]:
-        y = self.poly(self.node, x, self.keys, self.node.coeffs[:, idx])
-        yield idx, _relinearize_as_planned(self.node, y, self.keys)
+    def push(self, idx: np.ndarray, piece: _Piece) -> Iterator[_Piece]:
+        yield self._evaluate(idx, piece)
 
-    def finish(self) -> Iterator[Chunk]:
+    def _evaluate(self, idx: np.ndarray, piece: _Piece) -> _Piece:
+        y = self.poly(self.node, piece.take(), self.keys, self.node.coeffs[:, idx])
+        return _Piece(idx, _relinearize_as_planned(self.node, y, self.keys))
+
+    def finish(self) -> Iterator[_Piece]:
         yield from ()
 
 
@@ -130,7 +167,8 @@ class _AffineStage:
     def held(self) -> int:
         return sum(a.nbytes for a in self.acc.values()) + sum(y.data.nbytes for _, y in self.inbuf)
 
-    def push(self, idx: np.ndarray, x: CiphertextBatch) -> Iterator[Chunk]:
+    def push(self, idx: np.ndarray, piece: _Piece) -> Iterator[_Piece]:
+        x = piece.take()
         if self.delta_w is None:  # fixed by the first chunk: every chunk shares level and scale
             self.delta_w = self.weight_scale(self.node, x)
             self.exponent = encoding_exponent(self.node.weights, self.delta_w)
@@ -140,17 +178,18 @@ class _AffineStage:
                 f"{self.node.name}: streamed chunks disagree in components, level or scale"
             )
         self.inbuf.append((idx, x))
+        del x
         if sum(len(i) for i, _ in self.inbuf) >= self.chunk:
             yield from self._deliver()
 
-    def finish(self) -> Iterator[Chunk]:
+    def finish(self) -> Iterator[_Piece]:
         if self.inbuf:
             yield from self._deliver()
         if self.delta_w is None or np.any(self.gather.remaining > 0):
             raise ParameterError(f"{self.node.name}: the stream ended before all inputs arrived")
         yield from self._flush()
 
-    def _deliver(self) -> Iterator[Chunk]:
+    def _deliver(self) -> Iterator[_Piece]:
         """Add the buffered inputs' partial products; finish the completed blocks once they
         hold a piece's worth of rows."""
         if len(self.inbuf) == 1:
@@ -177,24 +216,34 @@ class _AffineStage:
     def _zeros(self, b: int) -> np.ndarray:
         return np.zeros((len(self.gather.blocks[b].out_idx), *self.shape), dtype=np.int32)
 
-    def _flush(self) -> Iterator[Chunk]:
+    def _flush(self) -> Iterator[_Piece]:
         """Finish every completed block as the unstreamed node would (bias, rescale, planned
         relinearization), a piece of rows at a time; their accumulators are released."""
         done, self.done = self.done, []
         for group in row_pieces(
             [(b, len(self.gather.blocks[b].out_idx)) for b in done], piece_size(self.chunk)
         ):
-            idx = np.concatenate([self.gather.blocks[b].out_idx[lo:hi] for b, lo, hi in group])
-            data = np.concatenate([self.acc[b][lo:hi] for b, lo, hi in group])
-            for b, _lo, hi in group:
-                if hi == len(self.gather.blocks[b].out_idx):
-                    del self.acc[b]
-            y = CiphertextBatch(self.ctx, data, self.scale * self.delta_w)
-            del data
-            if self.node.bias is not None:
-                y = y.add_const_in_place(self.node.bias[idx])  # ``data`` is this flush's
-            y = relinearize_then_rescale(self.node, y, self.keys)
-            yield idx.astype(np.int64), y
+            yield self._finish(group)
+
+    def _finish(self, group: list[tuple[int, int, int]]) -> _Piece:
+        """The completed rows of ``group`` as the unstreamed node finishes them: bias, planned
+        relinearization, rescale. The sums go straight into the call (no local keeps them), so
+        each step's input is released as the next step starts."""
+        idx = np.concatenate([self.gather.blocks[b].out_idx[lo:hi] for b, lo, hi in group])
+        y = relinearize_then_rescale(self.node, self._sums(idx, group), self.keys)
+        return _Piece(idx.astype(np.int64), y)
+
+    def _sums(self, idx: np.ndarray, group: list[tuple[int, int, int]]) -> CiphertextBatch:
+        """The accumulated rows of ``group`` with their bias (in place: the rows are copied out
+        of the accumulators, whose whole blocks are released)."""
+        data = np.concatenate([self.acc[b][lo:hi] for b, lo, hi in group])
+        for b, _lo, hi in group:
+            if hi == len(self.gather.blocks[b].out_idx):
+                del self.acc[b]
+        y = CiphertextBatch(self.ctx, data, self.scale * self.delta_w)
+        if self.node.bias is not None:
+            y = y.add_const_in_place(self.node.bias[idx])
+        return y
 
 
 class _WindowStage:
@@ -227,9 +276,10 @@ class _WindowStage:
             0 if self.buf is None else self.buf.nbytes
         )
 
-    def push(self, idx: np.ndarray, x: CiphertextBatch) -> Iterator[Chunk]:
+    def push(self, idx: np.ndarray, piece: _Piece) -> Iterator[_Piece]:
+        x = piece.take()
         if self.first is None:
-            self.first = x[:1]
+            self.first = _template(x)
             self.exponent = encoding_exponent(self.node.weights, self.weight_scale(self.node, x))
         elif x.data.shape[1:] != self.first.data.shape[1:] or not math.isclose(
             x.scale, self.first.scale, rel_tol=1e-12
@@ -241,13 +291,14 @@ class _WindowStage:
         skip = set(unused.tolist())
         for i, c in enumerate(idx.tolist()):
             if c not in skip:
-                self.rows[c] = x.data[i]
+                self.rows[c] = x.data[i]  # views: the piece lives until its last row is used
+        del x
         w = self.window
         self.ready += [(b, len(w.blocks[b].out_idx)) for b in done]
         if sum(rows for _, rows in self.ready) >= piece_size(self.chunk):
             yield from self._compute()
 
-    def finish(self) -> Iterator[Chunk]:
+    def finish(self) -> Iterator[_Piece]:
         if self.first is None or np.any(self.window.gather.remaining > 0):
             raise ParameterError(f"{self.node.name}: the stream ended before all inputs arrived")
         yield from self._compute()
@@ -261,31 +312,32 @@ class _WindowStage:
         np.stack([self.rows[c] for c in cols.tolist()], out=data)
         return data
 
-    def _compute(self) -> Iterator[Chunk]:
-        w, n = self.window, self.node
+    def _compute(self) -> Iterator[_Piece]:
         ready, self.ready = self.ready, []
         for group in row_pieces(ready, piece_size(self.chunk)):
-            idx, union, weights = w.group(group)
-            if len(union):
-                x = CiphertextBatch(self.first.ctx, self._gather(union), self.first.scale)
-            else:  # bias-only rows: a zero-weight column of any input gives 0 exactly
-                x = self.first
-                weights = BlockSparseWeights(
-                    len(idx),
-                    1,
-                    (
-                        WeightBlock(
-                            np.arange(len(idx)), np.zeros(1, np.int64), np.zeros((len(idx), 1))
-                        ),
-                    ),
-                )
-            bias = None if n.bias is None else n.bias[idx]
-            y = self.affine(n, x, self.keys, weights, bias, self.exponent)
-            del x
-            whole = [b for b, _lo, hi in group if hi == len(w.blocks[b].out_idx)]
-            for c in w.computed(whole).tolist():
-                self.rows.pop(c, None)
-            yield idx, y
+            yield self._rows_of(group)
+
+    def _rows_of(self, group: list[tuple[int, int, int]]) -> _Piece:
+        """Compute the rows of ``group`` from the held inputs; release the inputs no pending
+        block reads."""
+        w, n = self.window, self.node
+        idx, union, weights = w.group(group)
+        if len(union):
+            x = CiphertextBatch(self.first.ctx, self._gather(union), self.first.scale)
+        else:  # bias-only rows: a zero-weight column of any input gives 0 exactly
+            x = self.first
+            weights = BlockSparseWeights(
+                len(idx),
+                1,
+                (WeightBlock(np.arange(len(idx)), np.zeros(1, np.int64), np.zeros((len(idx), 1))),),
+            )
+        bias = None if n.bias is None else n.bias[idx]
+        y = self.affine(n, x, self.keys, weights, bias, self.exponent)
+        del x
+        whole = [b for b, _lo, hi in group if hi == len(w.blocks[b].out_idx)]
+        for c in w.computed(whole).tolist():
+            self.rows.pop(c, None)
+        return _Piece(idx, y)
 
 
 class _ConcatStage:
@@ -296,14 +348,18 @@ class _ConcatStage:
         self.node = n
         self.held = 0
 
-    def push(self, idx: np.ndarray, x: CiphertextBatch) -> Iterator[Chunk]:
+    def push(self, idx: np.ndarray, piece: _Piece) -> Iterator[_Piece]:
+        yield self._convert(idx, piece)
+
+    def _convert(self, idx: np.ndarray, piece: _Piece) -> _Piece:
+        x = piece.take()
         if x.level > self.node.level_out:
             x = x.drop_to(self.node.level_out)
         if x.components < self.node.components:  # (c0, c1) and (c0, c1, 0) decrypt alike
             x = x._like(_pad_components(x.data, self.node.components), x.scale)
-        yield idx, x
+        return _Piece(idx, x)
 
-    def finish(self) -> Iterator[Chunk]:
+    def finish(self) -> Iterator[_Piece]:
         yield from ()
 
 
@@ -320,20 +376,19 @@ class _Sink:
     def held(self) -> int:
         return 0 if self.data is None else self.data.nbytes
 
-    def store(self, items: list[Chunk]) -> None:
-        for idx, y in items:
-            if self.first is None and len(idx) == self.features and np.all(idx[1:] > idx[:-1]):
-                self.first, self.data, self.filled = y, y.data, self.features  # one chunk: as is
-                continue
-            if self.first is None:
-                self.first = y
-                self.data = np.empty((self.features, *y.data.shape[1:]), dtype=np.int32)
-            elif y.data.shape[1:] != self.data.shape[1:] or not math.isclose(
-                y.scale, self.first.scale, rel_tol=1e-12
-            ):
-                raise ScaleError("streamed output chunks disagree in components, level or scale")
-            self.data[idx] = y.data
-            self.filled += len(idx)
+    def store(self, idx: np.ndarray, y: CiphertextBatch) -> None:
+        if self.first is None and len(idx) == self.features and np.all(idx[1:] > idx[:-1]):
+            self.first, self.data, self.filled = y, y.data, self.features  # one chunk: as is
+            return
+        if self.first is None:
+            self.first = _template(y)
+            self.data = np.empty((self.features, *y.data.shape[1:]), dtype=np.int32)
+        elif y.data.shape[1:] != self.data.shape[1:] or not math.isclose(
+            y.scale, self.first.scale, rel_tol=1e-12
+        ):
+            raise ScaleError("streamed output chunks disagree in components, level or scale")
+        self.data[idx] = y.data
+        self.filled += len(idx)
 
     def result(self, name: str) -> CiphertextBatch:
         if self.first is None or self.filled != self.features:
@@ -378,7 +433,7 @@ def run_segment(
     for n in nodes:
         seconds.setdefault(n.name, 0.0)
 
-    def timed(k: int, produced: Iterator[Chunk]) -> Iterator[Chunk]:
+    def timed(k: int, produced: Iterator[_Piece]) -> Iterator[_Piece]:
         """``produced``, with the time node k spends computing each chunk (not the time its
         consumers spend on it) added to ``seconds``."""
         while True:
@@ -389,15 +444,17 @@ def run_segment(
                 return
             yield item
 
-    def feed(k: int, items: Iterator[Chunk]) -> None:
+    def feed(k: int, items: Iterator[_Piece]) -> None:
         """Node k produces ``items``: each goes to every consumer in the segment, depth first —
-        what a consumer completes goes on before node k computes its next chunk."""
-        for idx, y in items:
-            if k == len(nodes) - 1:
-                sink.store([(idx, y)])
+        what a consumer completes goes on before node k computes its next chunk. Each consumer
+        (and the sink) takes the piece once; the last take releases it."""
+        is_sink = k == len(nodes) - 1
+        for piece in items:
+            piece.takers = len(succ[k]) + is_sink
+            if is_sink:
+                sink.store(piece.idx, piece.take())
             for k2, offset in succ[k]:
-                feed(k2, timed(k2, stages[k2].push(idx + offset, y)))
-            del y
+                feed(k2, timed(k2, stages[k2].push(piece.idx + offset, piece)))
 
     if isinstance(head, AffineNode):
         exponent = encoding_exponent(head.weights, weight_scale(head, x))
@@ -419,12 +476,12 @@ def run_segment(
     total = len(pieces)
     for k, hc in enumerate(pieces):
         t0 = time.perf_counter()
-        y = _relinearize_as_planned(head, compute(hc), keys)
+        piece = _Piece(hc.idx, _relinearize_as_planned(head, compute(hc), keys))
         seconds[head.name] += time.perf_counter() - t0
         if last_use is not None:
             release_rows(x.data, np.flatnonzero(last_use == k))
-        feed(0, iter([(hc.idx, y)]))
-        del y
+        feed(0, iter([piece]))
+        del piece
         if on_chunk is not None:
             on_chunk(k + 1, total, sink.held + sum(s.held for s in stages[1:]))
     for k in range(1, len(nodes)):  # plan order: a node's producers have finished before it
