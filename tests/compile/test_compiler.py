@@ -270,6 +270,28 @@ def test_first_layer_rescale_deferred_through_its_polynomial(head_then_squeeze):
         check_deferred_rescales(lazy.nodes)
 
 
+def test_cost_prices_the_key_switch_after_two_of_three_rescales(head_then_squeeze, monkeypatch):
+    """The squeeze that owes the head's two rescales relinearizes after dividing by two of its
+    three primes (``relinearize_then_rescale``): the cost estimate and the runtime agree on
+    the two limbs fewer."""
+    from hecnn.compile import cost
+
+    x = torch.randn(8, 3, 8, 8)
+    plan = compile_model(head_then_squeeze(3), (3, 8, 8), batch=8, calib=x)
+    s = plan.node("s")
+    assert s.owed_rescales == 2 and not s.relin_after and s.rescales_before_relin == 0
+    s.relin_after = True  # as hemet_squeezenet's fire1_squeeze_0, which feeds wider layers
+    assert s.rescales_before_relin == 2
+    k = [n.name for n in plan.nodes].index("s")
+    with_relin, per_relin = cost.node_costs(plan)[k], cost.RELIN_MACS
+    monkeypatch.setattr(cost, "RELIN_MACS", 0.0)
+    relin_part = with_relin - cost.node_costs(plan)[k]
+    relins = plan.relinearizations()["s"]
+    assert relins == s.features
+    assert relin_part == pytest.approx(per_relin * relins * (s.level_in + 1 - 2))
+    assert plan.node("c0").rescales_before_relin == 0  # defers its rescale: nothing owed
+
+
 def test_rescales_deferred_to_consumers_with_fewer_outputs(fire_after_bn):
     """The Fire module's expands (96 features) leave their last rescale to the squeeze after
     the concatenation (32 outputs), which rescales twice: the same depth and the same

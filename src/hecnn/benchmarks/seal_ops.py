@@ -167,7 +167,7 @@ def node_op_counts(plan: Plan) -> dict[str, Counter]:
             # as ``relinearize_then_rescale``: the relinearization before the rescales, or
             # after the first two of three
             rescales = n.depth if n.rescale else 0
-            relin_at = 2 if rescales >= 3 else 0
+            relin_at = n.rescales_before_relin
             cout = cin
             for k in range(max(rescales, relin_at + 1)):
                 if k == relin_at and n.relin_after and cin > 2:

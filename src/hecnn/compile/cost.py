@@ -37,7 +37,8 @@ def node_costs(plan: Plan) -> list[float]:
             c = n.features * max(n.degree, 1) + RESCALE_MACS * n.features * 1.5 * n.depth
         else:
             c = n.features * 0.05 if n.inputs else 0.0
-        out.append((c + RELIN_MACS * relins[n.name]) * limbs)
+        relin_limbs = limbs - (n.rescales_before_relin if isinstance(n, AffineNode) else 0)
+        out.append(c * limbs + RELIN_MACS * relins[n.name] * relin_limbs)
     return out
 
 

@@ -75,6 +75,15 @@ class AffineNode(Node):
         return 1 + self.owed_rescales - int(self.defer_rescale) if self.rescale else 0
 
     @property
+    def rescales_before_relin(self) -> int:
+        """Primes divided out before the planned relinearization: two of three when the node
+        finishes with three rescales (it owes two), so the key switch runs two limbs lower
+        while its noise still meets a scale one prime above the message's (see
+        :func:`hecnn.runtime.streaming.relinearize_then_rescale`); none otherwise."""
+        owes_three = self.rescale and not self.defer_rescale and self.owed_rescales >= 2
+        return 2 if owes_three and self.relin_after else 0
+
+    @property
     def macs(self) -> int:
         if self.weights is None:  # still a sparse matrix (before ``block_weights``)
             return int(self.matrix.nnz) if self.matrix is not None else 0

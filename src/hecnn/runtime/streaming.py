@@ -105,7 +105,7 @@ def relinearize_then_rescale(n: Node, y: CiphertextBatch, keys: EvaluationKeys) 
     prime above the message's and is divided by the last one as before, and it switches two
     limbs fewer (``fire1_squeeze_0``: 4,096 relinearizations at 15 limbs instead of 17)."""
     k = final_rescales(n)
-    if k >= 3 and n.relin_after and y.components > 2:
+    if isinstance(n, AffineNode) and n.rescales_before_relin and y.components > 2:
         y, k = y.rescale_twice(), k - 2
     y = _relinearize_as_planned(n, y, keys)
     if k >= 2:  # one rounding, one NTT pass (see CiphertextBatch.rescale_twice)
