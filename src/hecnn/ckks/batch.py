@@ -442,7 +442,7 @@ class CiphertextBatch:
         last = np.ascontiguousarray(rows[:, lvl])
         ctx.intt(last.reshape(-1, 1, ctx.n), np.array([lvl]))
         lifted = np.empty((rows.shape[0], lvl, ctx.n), dtype=np.int32)
-        out = lifted  # combined in place (elementwise): no second batch-sized array
+        out = lifted  # combined in place: no second batch-sized array
         inv = np.array([pow(q_last, -1, int(ctx.primes[i])) for i in low_idx], dtype=np.int64)
 
         def lift(lo: int, hi: int) -> None:
@@ -452,7 +452,7 @@ class CiphertextBatch:
         ctx.ntt(lifted, low_idx)
 
         def combine(lo: int, hi: int) -> None:
-            kernels.sub_mul_scalar(rows[lo:hi], lifted[lo:hi], inv, low_idx, ctx.primes, out[lo:hi])
+            kernels.sub_mul_scalar_into(rows[lo:hi], lifted[lo:hi], inv, low_idx, ctx.primes)
 
         ctx.parallel(rows.shape[0], combine, work=out.size)
         shape = (*self.data.shape[:2], lvl, ctx.n)
@@ -501,7 +501,7 @@ class CiphertextBatch:
         ctx.ntt(lifted, low_idx)
 
         def combine(lo: int, hi: int) -> None:
-            kernels.sub_mul_scalar(rows[lo:hi], lifted[lo:hi], inv, low_idx, ctx.primes, out[lo:hi])
+            kernels.sub_mul_scalar_into(rows[lo:hi], lifted[lo:hi], inv, low_idx, ctx.primes)
 
         ctx.parallel(rows.shape[0], combine, work=out.size)
         shape = (*self.data.shape[:2], lvl - 1, ctx.n)

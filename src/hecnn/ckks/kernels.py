@@ -552,13 +552,16 @@ def rescale_lift2(top, q_lo, q_hi, q_lo_inv, mod_idx, primes, out):
 
 
 @nb.njit(nogil=True, cache=True)
-def sub_mul_scalar(a, b, s, mod_idx, primes, out):
-    """out[r, i] = (a[r, i] − b[r, i])·s[i] mod q_i for a (R, ≥L, N), b and out (R, L, N).
+def sub_mul_scalar_into(a, b, s, mod_idx, primes):
+    """b[r, i] ← (a[r, i] − b[r, i])·s[i] mod q_i for a (R, ≥L, N) and b (R, L, N), in place.
 
     The difference is formed in uint32 (a + q − b < 2^32) and s[i] is a fixed multiplier per
-    limb, so Shoup's product applies (no division, no float round trip).
+    limb, so Shoup's product applies (no division, no float round trip). In place because
+    the rescale needs no second batch-sized array — and written as such: passing b as a
+    separate output makes LLVM's runtime overlap check fail and fall back to scalar code
+    (3× slower), where one array read and written at the same index vectorizes.
     """
-    rows, limbs, n = out.shape
+    rows, limbs, n = b.shape
     for i in range(limbs):
         q64 = np.uint64(primes[mod_idx[i]])
         q32 = np.uint32(q64)
@@ -566,10 +569,9 @@ def sub_mul_scalar(a, b, s, mod_idx, primes, out):
         wp = (w << _U32) // q64
         for r in range(rows):
             src_a = a[r, i]
-            src_b = b[r, i]
-            dst = out[r, i]
+            dst = b[r, i]
             for j in range(n):
-                d = np.uint32(np.uint32(src_a[j]) + q32 - np.uint32(src_b[j]))
+                d = np.uint32(np.uint32(src_a[j]) + q32 - np.uint32(dst[j]))
                 y = np.uint64(min(d, np.uint32(d - q32)))
                 v = np.uint32(y * w - ((y * wp) >> _U32) * q64)
                 dst[j] = np.int32(min(v, np.uint32(v - q32)))
