@@ -114,7 +114,12 @@ class TwoFires(nn.Module):
 
 
 def _setup(model, shape, n=16, seed=0):
+    """A model class is built after seeding: its initial weights must not depend on what the
+    tests before it drew from torch's global generator (a near-tie between two logits in one
+    such draw let CKKS noise flip a label in one test order)."""
     torch.manual_seed(seed)
+    if isinstance(model, type):
+        model = model()
     model = model.eval()
     with torch.no_grad():
         for m in model.modules():
@@ -148,7 +153,7 @@ def _check_plaintext(ctx, sk, out, ref):
     ],
 )
 def test_streamed_equals_unstreamed_bit_for_bit(model, shape, chunks):
-    plan, ctx, sk, evk, ct, ref = _setup(model(), shape)
+    plan, ctx, sk, evk, ct, ref = _setup(model, shape)
     whole = run(plan, ct, evk, streaming=False)
     _check_plaintext(ctx, sk, whole, ref)
     for chunk in chunks:
@@ -162,10 +167,10 @@ def test_streamed_equals_unstreamed_bit_for_bit(model, shape, chunks):
 
 
 def test_streaming_exercises_relinearized_chunks_and_three_component_partials():
-    plan, *_ = _setup(Expand(), (1, 6, 6))
+    plan, *_ = _setup(Expand, (1, 6, 6))
     a1 = plan.node("a1")
     assert a1.relin_after  # x² feeds a wider layer: relinearized at the polynomial
-    plan, *_ = _setup(Wide(), (2, 8, 8))
+    plan, *_ = _setup(Wide, (2, 8, 8))
     c2 = plan.node("c2")
     assert plan.node(c2.inputs[0]).components == 3 and c2.relin_after
     assert plan.node("fc").components == 5 and not plan.node("fc").rescale
@@ -176,14 +181,14 @@ def test_fire_modules_stream_as_one_segment():
     segment: no Fire module's value is materialized; only the input and the output are."""
     from hecnn.compile.streaming import find_segments
 
-    plan, *_ = _setup(TwoFires(), (1, 6, 6))
+    plan, *_ = _setup(TwoFires, (1, 6, 6))
     (seg,) = find_segments(plan)
     assert [n.name for n in seg] == [n.name for n in plan.nodes[1:]]
     assert sum(isinstance(n, type(plan.node("cat"))) for n in seg) == 2
 
 
 def test_run_report_and_a_budget_that_cannot_be_met():
-    plan, ctx, sk, evk, ct, ref = _setup(Expand(), (1, 6, 6))
+    plan, ctx, sk, evk, ct, ref = _setup(Expand, (1, 6, 6))
     report = RunReport()
     out = run(plan, ct, evk, memory_budget=1, report=report)  # nothing fits
     assert not report.schedule.fits
@@ -200,7 +205,7 @@ def test_run_report_and_a_budget_that_cannot_be_met():
 
 
 def test_inputs_mapped_from_a_file_are_released_and_give_the_same_result(tmp_path):
-    plan, ctx, sk, evk, ct, ref = _setup(Wide(), (2, 8, 8))
+    plan, ctx, sk, evk, ct, ref = _setup(Wide, (2, 8, 8))
     path = tmp_path / "inputs.bin"
     ct.data.tofile(path)
     mapped = np.memmap(path, dtype=np.int32, mode="r", shape=ct.data.shape)
@@ -230,7 +235,7 @@ def test_unstreamed_affine_in_pieces_equals_the_whole_product():
     from hecnn.compile.streaming import AFFINE_PIECE
     from hecnn.runtime.executor import _affine, _affine_pieces
 
-    plan, _ctx, _sk, evk, ct, _ref = _setup(Expand(), (1, 6, 6))
+    plan, _ctx, _sk, evk, ct, _ref = _setup(Expand, (1, 6, 6))
     first = next(n for n in plan.nodes if isinstance(n, AffineNode))
     assert first.features > AFFINE_PIECE
     pieces, whole = _affine_pieces(first, ct, evk), _affine(first, ct, evk)
@@ -243,6 +248,7 @@ def test_window_stage_computes_bias_only_rows():
     unstreamed run bit for bit."""
     from hecnn.compile.streaming import covering_blocks, holds_window
 
+    torch.manual_seed(0)
     model = nn.Sequential(
         nn.Flatten(),
         nn.Linear(4, 4),
@@ -251,7 +257,6 @@ def test_window_stage_computes_bias_only_rows():
         TrainablePoly(2, "element", shape=(8,)),
         nn.Linear(8, 3),
     )
-    torch.manual_seed(0)
     with torch.no_grad():
         model[3].weight[5].zero_()
     plan, ctx, sk, evk, ct, ref = _setup(model, (1, 2, 2), n=8)
@@ -282,7 +287,7 @@ def test_deferred_rescales_stream_bit_for_bit():
     """Both Fire modules' expands defer their last rescale to the next squeeze: streamed in
     chunks, the squeeze's partial sums of unrescaled products (one level higher) and its two
     rescales give the unstreamed result bit for bit."""
-    plan, ctx, sk, evk, ct, ref = _setup(TwoFires(), (1, 6, 6))
+    plan, ctx, sk, evk, ct, ref = _setup(TwoFires, (1, 6, 6))
     owing = [n for n in plan.nodes if getattr(n, "owed_rescales", 0)]
     assert owing and all(plan.node(n.inputs[0]).level_out == n.level_in for n in owing)
     whole = run(plan, ct, evk, streaming=False)
@@ -331,7 +336,7 @@ def test_pieces_are_released_once_taken(monkeypatch):
 
     from hecnn.runtime import executor
 
-    plan, ctx, sk, evk, ct, ref = _setup(Wide(), (2, 8, 8))
+    plan, ctx, sk, evk, ct, ref = _setup(Wide, (2, 8, 8))
     seen: dict[str, list] = {"a1": [], "a2": []}
     alive_at_a2: list[int] = []
     poly = executor._poly
@@ -355,7 +360,7 @@ def test_a_piece_cannot_be_taken_more_often_than_it_has_consumers():
     from hecnn.errors import ParameterError
     from hecnn.runtime.streaming import _Piece
 
-    ct = _setup(Expand(), (1, 6, 6))[4]
+    ct = _setup(Expand, (1, 6, 6))[4]
     piece = _Piece(np.arange(2), ct[:2])
     piece.takers = 2
     assert piece.take() is piece.take()
