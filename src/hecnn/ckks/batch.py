@@ -442,7 +442,6 @@ class CiphertextBatch:
         last = np.ascontiguousarray(rows[:, lvl])
         ctx.intt(last.reshape(-1, 1, ctx.n), np.array([lvl]))
         lifted = np.empty((rows.shape[0], lvl, ctx.n), dtype=np.int32)
-        out = lifted  # combined in place: no second batch-sized array
         inv = np.array([pow(q_last, -1, int(ctx.primes[i])) for i in low_idx], dtype=np.int64)
 
         def lift(lo: int, hi: int) -> None:
@@ -454,9 +453,9 @@ class CiphertextBatch:
         def combine(lo: int, hi: int) -> None:
             kernels.sub_mul_scalar_into(rows[lo:hi], lifted[lo:hi], inv, low_idx, ctx.primes)
 
-        ctx.parallel(rows.shape[0], combine, work=out.size)
+        ctx.parallel(rows.shape[0], combine, work=lifted.size)  # in place
         shape = (*self.data.shape[:2], lvl, ctx.n)
-        return self._like(out.reshape(shape), self.scale / q_last)
+        return self._like(lifted.reshape(shape), self.scale / q_last)
 
     def rescale_twice(self) -> CiphertextBatch:
         """Divide by the last two primes with one rounding: c' = (c − [c]_Q)·Q^{-1} mod q_i,
@@ -481,7 +480,6 @@ class CiphertextBatch:
         top = np.ascontiguousarray(rows[:, lvl - 1 :])  # (B·C, 2, N)
         ctx.intt(top, np.array([lvl - 1, lvl]))
         lifted = np.empty((rows.shape[0], lvl - 1, ctx.n), dtype=np.int32)
-        out = lifted  # combined in place, as in rescale
         big = q_hi * q_lo
         inv = np.array([pow(big, -1, int(ctx.primes[i])) for i in low_idx], dtype=np.int64)
         q_lo_inv = np.int64(pow(q_lo, -1, q_hi))
@@ -503,9 +501,9 @@ class CiphertextBatch:
         def combine(lo: int, hi: int) -> None:
             kernels.sub_mul_scalar_into(rows[lo:hi], lifted[lo:hi], inv, low_idx, ctx.primes)
 
-        ctx.parallel(rows.shape[0], combine, work=out.size)
+        ctx.parallel(rows.shape[0], combine, work=lifted.size)  # in place
         shape = (*self.data.shape[:2], lvl - 1, ctx.n)
-        return self._like(out.reshape(shape), self.scale / q_hi / q_lo)
+        return self._like(lifted.reshape(shape), self.scale / q_hi / q_lo)
 
     def drop_to(self, level: int) -> CiphertextBatch:
         """Drop limbs above ``level`` (modulus switching without division; scale unchanged)."""
